@@ -1,0 +1,129 @@
+"""Validated recipe -> plan: the steps to run, in order, with their settings and inputs.
+
+A step's cache key hashes (step type, version, its settings, the sections it uses, the content
+hashes of its inputs, its fingerprint of outside files). The executor compares keys with the
+completion records in the run folder: same key -> "didn't change, skipping".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.artifacts import hash_json, read_json
+from runner.errors import PlanError, Problem
+from runner.registry import SELECTOR, STEP_ORDER, StepSpec, lookup
+
+COMPLETE = ".complete.json"
+
+
+@dataclass
+class PlannedStep:
+    name: str
+    spec: StepSpec
+    settings: dict
+    sections: dict
+
+    def key(self, input_hashes: dict[str, str], recipe_dir: Path) -> str:
+        fingerprint = _fingerprint(self.spec, self.settings, recipe_dir)
+        return hash_json({"step": self.name, "kind": self.spec.kind, "version": self.spec.version,
+                          "settings": self.settings, "sections": self.sections,
+                          "inputs": {n: input_hashes.get(n) for n in self.spec.inputs},
+                          "fingerprint": fingerprint})[:32]
+
+
+def _fingerprint(spec: StepSpec, settings: dict, recipe_dir: Path):
+    """Outside data a step reads (local files...): part of its key, so edits re-run it."""
+    if spec.fingerprint is None:
+        return None
+    import inspect
+    wants_dir = len(inspect.signature(spec.fingerprint).parameters) > 1
+    return spec.fingerprint(settings, recipe_dir) if wants_dir else spec.fingerprint(settings)
+
+
+def section_settings(data: dict, name: str) -> dict:
+    # `sources` is a list of entries; every other section is a mapping.
+    return {"entries": data[name]} if name == "sources" else data[name]
+
+
+def check_sections(loaded) -> list[Problem]:
+    """Sections whose upstream sections are missing, reported at the section's key."""
+    problems = []
+    data = loaded.data
+    for name in STEP_ORDER:
+        if name not in data:
+            continue
+        try:
+            spec = lookup(name, section_settings(data, name))
+        except KeyError as exc:
+            problems.append(loaded.problem((name,), str(exc).strip("'\"")))
+            continue
+        for needed in spec.inputs + spec.uses:
+            if needed not in data:
+                problems.append(loaded.problem(
+                    (name,), f"the {name} step needs the '{needed}' section",
+                    f"add `{needed}: {{}}` to take its defaults, or remove `{name}`"))
+    return problems
+
+
+def build_plan(data: dict) -> list[PlannedStep]:
+    steps = []
+    for name in STEP_ORDER:
+        if name in data:
+            settings = section_settings(data, name)
+            spec = lookup(name, settings)
+            steps.append(PlannedStep(name, spec, settings, {u: data[u] for u in spec.uses}))
+    return steps
+
+
+def select(plan: list[PlannedStep], start: str | None, stop: str | None) -> tuple[int, int]:
+    names = [s.name for s in plan]
+    for wanted in (start, stop):
+        if wanted and wanted not in names:
+            raise PlanError(f"no step named '{wanted}' in this recipe; its steps are: "
+                            + ", ".join(names))
+    first = names.index(start) if start else 0
+    last = names.index(stop) if stop else len(names) - 1
+    if first > last:
+        raise PlanError(f"--from {start} comes after --until {stop}")
+    return first, last
+
+
+def completion(step_dir: Path) -> dict | None:
+    """The completion record of a finished step, or None if the folder is not complete."""
+    try:
+        return read_json(step_dir / COMPLETE)
+    except (OSError, ValueError):
+        return None
+
+
+def describe(plan: list[PlannedStep], run_dir: Path, recipe_dir: Path, force: set,
+             first: int, last: int) -> list[tuple[str, str, str]]:
+    """(step, action, reason) for each step, as `recipe plan` shows it."""
+    rows, hashes, upstream_changes = [], {}, False
+    for index, item in enumerate(plan):
+        record = completion(run_dir / item.name)
+        label = f"{item.name} ({SELECTOR.get(item.name, 'type')}={item.spec.kind})"
+        if index > last:
+            rows.append((label, "stop", "after --until"))
+            continue
+        if index < first:
+            action = "use" if record else "missing"
+            rows.append((label, action, "before --from" + ("" if record else ": run it first")))
+            hashes[item.name] = record and record.get("content_hash")
+            continue
+        key = None if upstream_changes else item.key(hashes, recipe_dir)
+        if item.name in force or "*" in force:
+            reason, run = "forced", True
+        elif record is None:
+            reason, run = "never ran (or did not finish)", True
+        elif key is None:
+            reason, run = "an input step runs first; skipped then if its inputs come out unchanged", True
+        elif record.get("key") != key:
+            reason, run = "settings, inputs or code changed", True
+        else:
+            reason, run = "didn't change", False
+        rows.append((label, "run" if run else "skip", reason))
+        upstream_changes |= run
+        hashes[item.name] = record and record.get("content_hash")
+    return rows
