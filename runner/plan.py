@@ -47,7 +47,7 @@ def section_settings(data: dict, name: str) -> dict:
 
 
 def check_sections(loaded) -> list[Problem]:
-    """Sections whose upstream sections are missing, reported at the section's key."""
+    """Sections whose upstream steps are missing, reported at the section's key."""
     problems = []
     data = loaded.data
     for name in STEP_ORDER:
@@ -58,12 +58,21 @@ def check_sections(loaded) -> list[Problem]:
         except KeyError as exc:
             problems.append(loaded.problem((name,), str(exc).strip("'\"")))
             continue
-        for needed in spec.inputs + spec.uses:
+        for needed in spec.inputs:
             if needed not in data:
                 problems.append(loaded.problem(
-                    (name,), f"the {name} step needs the '{needed}' section",
+                    (name,), f"the {name} step reads the output of '{needed}', which is missing",
                     f"add `{needed}: {{}}` to take its defaults, or remove `{name}`"))
     return problems
+
+
+def settings_sections_used(data: dict) -> set[str]:
+    """Settings-only sections (model, lora, ...) that present steps read."""
+    used = set()
+    for name in STEP_ORDER:
+        if name in data:
+            used.update(lookup(name, section_settings(data, name)).uses)
+    return used - set(data)
 
 
 def build_plan(data: dict) -> list[PlannedStep]:

@@ -112,7 +112,8 @@ def fill_defaults(instance, node: dict, top: bool = True):
                 props.update(_deref(branch.get(chosen, {})).get("properties", {}))
         for key, sub in props.items():
             sub = _deref(sub)
-            if key not in instance and "default" in sub and not (top and sub.get("type") == "object"):
+            skip = top and (sub.get("type") == "object" or key in ("extends", "$schema"))
+            if key not in instance and "default" in sub and not skip:
                 instance[key] = json.loads(json.dumps(sub["default"]))
             if key in instance:
                 fill_defaults(instance[key], sub, top=False)
@@ -129,8 +130,11 @@ def load_and_validate(path, overrides=()) -> Loaded:
     if problems:
         raise RecipeError(problems)
     fill_defaults(loaded.data, schema())
-    from runner.plan import check_sections
+    from runner.plan import check_sections, settings_sections_used
     problems = check_sections(loaded)
     if problems:
         raise RecipeError(problems)
+    for section in sorted(settings_sections_used(loaded.data)):
+        # a step reads settings of a section the recipe omits: it takes the defaults
+        loaded.data[section] = fill_defaults({}, schema()["properties"][section], top=False)
     return loaded

@@ -1,0 +1,62 @@
+# recipe: common tasks. `make install && make test` sets up and checks a fresh machine.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+RECIPE := $(BIN)/recipe
+RUN_ARGS ?=
+
+.PHONY: install install-gpu test test-gpu lint bench docs demo python-docs python-docs-120b \
+        python-docs-qlora python-docs-better python-docs-offline gpu-smoke validate clean
+
+install:  ## create .venv with the CPU stack (torch CPU build) and the package in editable mode
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[dev]"
+
+install-gpu: install  ## add Unsloth and bitsandbytes (CUDA machines)
+	$(BIN)/pip install -q -e ".[dev,gpu]"
+
+test:  ## the CPU test suite (pytest exit 5 - no tests collected - fails too)
+	$(BIN)/python -m pytest -m "not gpu" -q; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$rc
+
+test-gpu:  ## the GPU tests (on a CUDA machine with unsloth)
+	$(BIN)/python -m pytest -m gpu -q
+
+lint:
+	$(BIN)/ruff check runner tests bench
+
+validate:  ## validate every shipped recipe
+	$(RECIPE) validate recipes/*.yaml
+
+bench:  ## CPU benchmarks (results land in bench/results/)
+	$(BIN)/python bench/bench_sources.py
+	$(BIN)/python bench/bench_data.py
+
+docs:  ## regenerate docs/recipe-reference.md from the schema
+	$(BIN)/python -m runner.reference > docs/recipe-reference.md
+
+demo:  ## the whole pipeline on CPU with a tiny GPT-OSS (offline, ~3 min)
+	$(RECIPE) run recipes/demo.yaml $(RUN_ARGS)
+
+python-docs:  ## the hand-run workflow (needs BRIGHTDATA_API_TOKEN and a GPU)
+	$(RECIPE) run recipes/python_docs.yaml $(RUN_ARGS)
+
+python-docs-120b:
+	$(RECIPE) run recipes/python_docs_120b.yaml $(RUN_ARGS)
+
+python-docs-qlora:
+	$(RECIPE) run recipes/python_docs_qlora.yaml $(RUN_ARGS)
+
+python-docs-better:
+	$(RECIPE) run recipes/python_docs_better.yaml $(RUN_ARGS)
+
+python-docs-offline:
+	$(RECIPE) run recipes/python_docs_offline.yaml $(RUN_ARGS)
+
+gpu-smoke:
+	$(RECIPE) run recipes/gpu_smoke.yaml $(RUN_ARGS)
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache
