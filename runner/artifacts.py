@@ -55,11 +55,11 @@ def hash_file(path: Path) -> str:
 
 
 def hash_tree(root: Path, skip: tuple[str, ...] = ()) -> str:
-    """Content hash of every file under root (relative names + contents)."""
+    """Content hash of every file under root (relative names + contents), minus `skip` paths."""
     digest = hashlib.sha256()
     for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
         rel = path.relative_to(root).as_posix()
-        if rel in skip:
+        if any(rel == s or rel.startswith(s + "/") for s in skip):
             continue
         digest.update(rel.encode() + b"\0" + hash_file(path).encode() + b"\n")
     return digest.hexdigest()

@@ -77,7 +77,7 @@ def _run_step(item: PlannedStep, key: str, loaded, run_dir: Path, manifest, forc
         manifest.finish("failed")
         raise
     record = {"key": key, "step": item.name, "kind": item.spec.kind,
-              "content_hash": hash_tree(tmp, skip=(COMPLETE,)),
+              "content_hash": hash_tree(tmp, skip=(COMPLETE, *item.spec.volatile)),
               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "duration_s": round(time.time() - started, 3), "metrics": metrics}
     write_json(tmp / COMPLETE, record)

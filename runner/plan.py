@@ -34,11 +34,7 @@ class PlannedStep:
 
 def _fingerprint(spec: StepSpec, settings: dict, recipe_dir: Path):
     """Outside data a step reads (local files...): part of its key, so edits re-run it."""
-    if spec.fingerprint is None:
-        return None
-    import inspect
-    wants_dir = len(inspect.signature(spec.fingerprint).parameters) > 1
-    return spec.fingerprint(settings, recipe_dir) if wants_dir else spec.fingerprint(settings)
+    return spec.fingerprint(settings, recipe_dir) if spec.fingerprint else None
 
 
 def section_settings(data: dict, name: str) -> dict:

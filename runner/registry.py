@@ -26,7 +26,8 @@ class StepSpec:
     outputs: tuple[str, ...]
     uses: tuple[str, ...]
     version: int
-    fingerprint: Callable[[dict], Any] | None
+    fingerprint: Callable[[dict, Path], Any] | None
+    volatile: tuple[str, ...]
     doc: str
 
 
@@ -35,7 +36,7 @@ _REGISTRY: dict[tuple[str, str], StepSpec] = {}
 
 def step(section: str, kind: str = "default", *, inputs: Iterable[str] = (),
          outputs: Iterable[str] = (), uses: Iterable[str] = (), version: int = 1,
-         fingerprint: Callable[[dict], Any] | None = None):
+         fingerprint: Callable[[dict, Path], Any] | None = None, volatile: Iterable[str] = ()):
     """Register a step function.
 
     inputs: upstream steps whose artifact folders the step reads (`ctx.inputs[name]`).
@@ -43,14 +44,16 @@ def step(section: str, kind: str = "default", *, inputs: Iterable[str] = (),
     uses: other recipe sections whose settings the step reads (`ctx.sections[name]`); they
         are part of the cache key.
     version: bump when the implementation changes its output for the same settings.
-    fingerprint: settings -> extra cache-key data (e.g. hashes of local files read).
+    fingerprint: (settings, recipe_dir) -> extra cache-key data (e.g. hashes of local files read).
+    volatile: outputs that differ run to run (timings, attempt logs) and so are left out of the
+        content hash that later steps' keys are built from.
     """
     def register(func):
         key = (section, kind)
         if key in _REGISTRY:
             raise RuntimeError(f"step {section}/{kind} registered twice")
         _REGISTRY[key] = StepSpec(section, kind, func, tuple(inputs), tuple(outputs),
-                                  tuple(uses), version, fingerprint,
+                                  tuple(uses), version, fingerprint, tuple(volatile),
                                   (func.__doc__ or "").strip())
         return func
     return register

@@ -121,8 +121,8 @@ def test_manifest_records_recipe_versions_keys_and_metrics(project):
 def test_sigkill_mid_step_leaves_nothing_taken_as_complete(project):
     tmp_path, recipe = project
     docs = tmp_path / "docs"
-    body = " ".join(SENTENCES) * 20
-    for n in range(1500):  # enough work for the sources step to be caught mid-way
+    body = " ".join(SENTENCES) * 3
+    for n in range(400):  # enough work for the sources step to be caught mid-way
         (docs / f"bulk{n:04d}.md").write_text(f"# Bulk {n}\n\n{body}\n")
     run_dir = tmp_path / "runs" / "interp"
     proc = subprocess.Popen([sys.executable, "-m", "runner", "run", str(recipe), "--run-dir",
