@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The training GPU session on the device machine (see ../shared/gpu/README.md), from the repo root,
+# carrying .whl/ (bash ../shared/gpu/make_wheelhouse.sh with
+# EXTRA_WHEELS="google-re2==1.1.20251105 pytest-timeout==2.4.0"):
+#   bash bench/gpu_session.sh tests                 # pytest -m gpu (gpu_smoke recipe, QLoRA, hf on GPU)
+#   bash bench/gpu_session.sh bench llama-1b        # one benchmark shape (all three engines)
+# Logs and results go to $OUT (or ./gpu-out); the installed wheels stay in /tmp/site while warm.
+set -uo pipefail
+out=${OUT:-$PWD/gpu-out}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 UNSLOTH_DISABLE_STATISTICS=1 TOKENIZERS_PARALLELISM=false
+export RECIPE_CACHE=/tmp/recipe-cache
+if [ ! -f /tmp/site/.installed ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl >/dev/null 2>&1 || { echo "wheel install failed"; exit 3; }
+  touch /tmp/site/.installed
+fi
+export PYTHONPATH=/tmp/site:$PWD
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/gpu.txt" 2>&1
+case "${1:-tests}" in
+  tests)
+    python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu_training.py 2>&1 \
+      | tee "$out/gpu_tests.log" | tail -n 60 ;;
+  bench)
+    python3 bench/bench_training.py all --shapes "${2:-llama-1b}" --work /tmp/bench \
+      --out "$out" 2>&1 | tee "$out/bench-${2:-llama-1b}.log" | tail -n 60
+    tar -czf "$out/engine-logs-${2:-llama-1b}.tgz" -C "$out" --remove-files \
+      $(cd "$out" && ls ./*-*.log 2>/dev/null | grep -v '^./bench-') 2>/dev/null ;;
+esac
