@@ -89,31 +89,44 @@ def _load_chain(path: Path, problems: list, stack: tuple) -> tuple[dict, dict, l
                                 "extends takes a path relative to this recipe file"))
         return data, origins, [path]
     base, base_origins, files = _load_chain(base_path, problems, chain)
-    return deep_merge(base, data), merge_origins(base_origins, data, origins), [path] + files
+    return deep_merge(base, data), merge_origins(base_origins, base, data, origins), [path] + files
+
+
+SELECTORS = ("type", "strategy", "backend")
 
 
 def deep_merge(base: dict, child: dict) -> dict:
-    """Child over base: mappings merge key by key; lists and scalars replace whole."""
+    """Child over base: mappings merge key by key; lists and scalars replace whole.
+
+    A mapping whose implementation selector (type, strategy, backend) changes is replaced:
+    the base's settings belong to the implementation the child switched away from.
+    """
     result = dict(base)
     for key, value in child.items():
         both_maps = isinstance(value, dict) and isinstance(base.get(key), dict)
-        result[key] = deep_merge(base[key], value) if both_maps else value
+        merge = both_maps and not _switches_selector(base[key], value)
+        result[key] = deep_merge(base[key], value) if merge else value
     return result
 
 
-def merge_origins(base_origins: dict, child: dict, child_origins: dict) -> dict:
+def _switches_selector(base: dict, child: dict) -> bool:
+    return any(k in child and k in base and child[k] != base[k] for k in SELECTORS)
+
+
+def merge_origins(base_origins: dict, base: dict, child: dict, child_origins: dict) -> dict:
     """Base origins survive only where the child did not replace the value."""
-    replaced = list(_replaced_paths(child))
+    replaced = list(_replaced_paths(base, child))
     kept = {p: o for p, o in base_origins.items()
             if not any(p[:len(r)] == r for r in replaced)}
     kept.update(child_origins)
     return kept
 
 
-def _replaced_paths(child: dict, prefix=()):
+def _replaced_paths(base: dict, child: dict, prefix=()):
     for key, value in child.items():
-        if isinstance(value, dict):
-            yield from _replaced_paths(value, prefix + (key,))
+        below = base.get(key) if isinstance(base, dict) else None
+        if isinstance(value, dict) and isinstance(below, dict) and not _switches_selector(below, value):
+            yield from _replaced_paths(below, value, prefix + (key,))
         else:
             yield prefix + (key,)
 

@@ -165,3 +165,25 @@ def test_every_schema_property_has_description_and_default():
     for name, node in schema["$defs"].items():
         walk(node, f"$defs.{name}")
     assert not missing, missing
+
+
+def test_switching_a_sections_strategy_replaces_the_base_settings(tmp_path):
+    write(tmp_path / "base.yaml", """\
+        name: base
+        sources: [{type: local, paths: ["*.md"]}]
+        cleaning: {}
+        pairing:
+          strategy: consecutive_sentences
+          instruction_max_chars: 150
+        """)
+    child = write(tmp_path / "child.yaml", """\
+        extends: base.yaml
+        pairing:
+          strategy: heading_sections
+          response_max_chars: 900
+        """)
+    loaded = load_and_validate(child)
+    assert loaded.data["pairing"]["response_max_chars"] == 900
+    assert "instruction_max_chars" not in loaded.data["pairing"]
+    assert loaded.origin(("pairing", "strategy")).file.endswith("child.yaml")
+    assert loaded.origin(("cleaning",)).file.endswith("base.yaml")
