@@ -5,7 +5,6 @@ Only light modules are imported here; steps import torch & co. when they run.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -77,12 +76,27 @@ def run(recipe, overrides, start, stop, force, run_dir, quiet):
         manifest = execute(build_plan(loaded.data), loaded, target, force=set(force),
                            start=start, stop=stop, quiet=quiet)
     except (PlanError, StepError) as exc:
+        _write_report(target)
         _fail(f"error: {exc}", 2 if isinstance(exc, PlanError) else 1)
     except KeyboardInterrupt:
+        _write_report(target)
         _fail("interrupted: the step in progress was discarded", 130)
     steps = manifest.data["steps"]
     summary = ", ".join(f"{name} {info['status']}" for name, info in steps.items())
-    click.echo(f"run finished: {summary}\nartifacts: {target}")
+    report = _write_report(target)
+    click.echo(f"run finished: {summary}\nartifacts: {target}" + (f"\nreport: {report}" if report else ""))
+
+
+def _write_report(run_dir: Path) -> Path | None:
+    """The run report is a view of the artifacts: failing to draw it never fails the run."""
+    if not (run_dir / "manifest.json").exists():
+        return None
+    try:
+        from runner.report import write_report
+        return write_report(run_dir)
+    except Exception as exc:  # noqa: BLE001 - report problems are reported, not raised
+        click.echo(f"warning: could not write the run report: {exc}", err=True)
+        return None
 
 
 @main.command()

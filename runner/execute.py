@@ -125,7 +125,7 @@ class _run_lock:
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise PlanError(f"another run is using {self.path.parent}; wait for it to finish")
+            raise PlanError(f"another run is using {self.path.parent}; wait for it to finish") from None
         return self
 
     def __exit__(self, *exc):

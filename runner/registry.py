@@ -6,9 +6,10 @@ declared output files into `ctx.out_dir`; the executor moves that folder into pl
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 # Section order is the pipeline order; `model` and `lora` are settings read by later steps.
 STEP_ORDER = ("sources", "cleaning", "pairing", "validation", "chat_template",
@@ -21,7 +22,7 @@ SELECTOR = {"pairing": "strategy", "training": "backend"}
 class StepSpec:
     section: str
     kind: str
-    func: Callable[["StepContext"], dict]
+    func: Callable[[StepContext], dict]
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     uses: tuple[str, ...]

@@ -12,7 +12,6 @@ import textwrap
 import time
 
 import pytest
-
 from conftest import ROOT, run_cli
 
 SENTENCES = [f"Sentence number {i} explains how Python lists keep items in insertion order." for i in range(40)]

@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, run_cli
+
 from runner.reference import render
 
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
