@@ -84,7 +84,7 @@ def task_ours(documents: str, settings_name: str, workers: int, workdir: str) ->
     timings, upstream = {}, "sources"
     for section in STEPS:
         settings = copy.deepcopy(SETTINGS[settings_name].get(section, {}))
-        if section == "cleaning":
+        if section in ("cleaning", "validation"):
             settings["workers"] = workers
         fill_defaults(settings, schema()["$defs"][section], top=False)
         (root / section).mkdir()
@@ -122,6 +122,7 @@ def _run_task(name: str, kwargs: dict) -> None:
     result["wall_s"] = round(time.perf_counter() - started, 2)
     result["cpu_s"] = round(sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
                                 for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)), 1)
+    result["load_1min"] = round(os.getloadavg()[0], 1)    # other work on the machine skews times
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     result["worker_peak_rss_mb"] = round(
         resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
@@ -156,6 +157,7 @@ def _recipe(name: str, settings: dict) -> str:
     recipe = {"name": name, "sources": [{"type": "local", "paths": [f"{DOCS}/**/*.html"]}],
               **copy.deepcopy(settings)}
     recipe["cleaning"]["workers"] = 2
+    recipe["validation"]["workers"] = 2
     path = WORK / f"{name}.yaml"
     path.write_text(json.dumps(recipe, indent=2))   # JSON is YAML
     return str(path)
@@ -172,7 +174,7 @@ def bench_docs() -> list[str]:
     return [
         f"## Local Python docs ({docs['pages']} HTML pages, {docs['html_mb']} MB of HTML)", "",
         "`python -m runner run RECIPE` with a `local` source over all the HTML pages (the "
-        "sources step converts them to markdown), cleaning with 2 workers.", "",
+        "sources step converts them to markdown), cleaning and validation with 2 workers.", "",
         "| run | wall s (whole command) | step durations s | peak RSS MB (largest process) "
         "| pairs / kept |", "|---|---:|---|---:|---:|",
         f"| docs recipe (headings kept, heading_sections, near dedup) | {docs['wall_s']} | "
@@ -219,14 +221,14 @@ def bench_corpus(megabytes: int) -> list[str]:
         steps = f" ({_steps(result)})" if "steps_s" in result else ""
         rows.append(f"| {label} | {result['wall_s']}{steps} | {rate:.1f} | {rate / cores:.1f} | "
                     f"{result['peak_rss_mb']} / {result['worker_peak_rss_mb']} | "
-                    f"{result['pairs']:,} / {result['kept']:,} |")
+                    f"{result['pairs']:,} / {result['kept']:,} | {result['load_1min']} |")
     subprocess.run(["rm", "-rf", str(WORK / "run-corpus")], check=False)
     return [f"## Generated markdown corpus ({info['pages']:,} pages, {size} MB of markdown, "
             f"{info['file_mb']} MB JSONL; generated in {info['generate_s']} s)", "",
             "MB/s counts markdown characters in / wall time; per core divides by the processes "
             "doing the work. Peak RSS: the main process / the largest worker process.", "",
-            "| run | wall s | MB/s | MB/s per core | peak RSS MB | pairs / kept |",
-            "|---|---:|---:|---:|---:|---:|", *rows, ""]
+            "| run | wall s | MB/s | MB/s per core | peak RSS MB | pairs / kept | load at end |",
+            "|---|---:|---:|---:|---:|---:|---:|", *rows, ""]
 
 
 def main() -> None:

@@ -145,6 +145,7 @@ def run_runner(shape: str, work: Path) -> dict:
     summary = json.loads((out / "summary.json").read_text())
     rows = [r for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
     return {"tokens_per_s": _rate(rows, "tokens_seen", "elapsed_s"),
+            "step_s": [round(b["elapsed_s"] - a["elapsed_s"], 4) for a, b in zip(rows, rows[1:], strict=False)],
             "peak_gib": summary.get("peak_gpu_allocated_gib", summary.get("peak_rss_gib")),
             "reserved_gib": summary.get("peak_gpu_reserved_gib"),
             "trainable": summary["trainable_params"], "final_loss": summary["final_loss"]}
@@ -207,6 +208,7 @@ def run_baseline(shape: str, work: Path) -> dict:
     trainer.train()
     trainable, _ = trainer.model.get_nb_trainable_parameters()
     return {"tokens_per_s": _rate(timer.rows, "tokens", "t"), **_peaks(),
+            "step_s": [round(b["t"] - a["t"], 4) for a, b in zip(timer.rows, timer.rows[1:], strict=False)],
             "trainable": trainable, "final_loss": timer.rows[-1]["loss"]}
 
 
@@ -253,7 +255,9 @@ def run_bare(shape: str, work: Path) -> dict:
         times[step], tokens[step] = time.perf_counter(), seen
     trainable = sum(p.numel() for p in params)
     rate = (tokens[STEPS] - tokens[SKIP]) / (times[STEPS] - times[SKIP])
-    return {"tokens_per_s": rate, **_peaks(), "trainable": trainable, "final_loss": loss}
+    steps = [round(times[i + 1] - times[i], 4) for i in range(1, STEPS)]
+    return {"tokens_per_s": rate, **_peaks(), "trainable": trainable, "final_loss": loss,
+            "step_s": steps}
 
 
 def _collate(rows: list[dict], pad: int) -> dict:

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The training GPU session on the device machine (see ../shared/gpu/README.md), from the repo root,
 # carrying .whl/ (bash ../shared/gpu/make_wheelhouse.sh with
-# EXTRA_WHEELS="google-re2==1.1.20251105 pytest-timeout==2.4.0"):
-#   bash bench/gpu_session.sh tests                 # pytest -m gpu (gpu_smoke recipe, QLoRA, hf on GPU)
+# EXTRA_WHEELS="google-re2==1.1.20251105 pytest-timeout==2.4.0 pydantic==2.14.4
+# pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 typing_extensions==4.16.0"):
+#   bash bench/gpu_session.sh tests [PATTERN]       # pytest -m gpu (gpu_smoke recipe, QLoRA, hf on GPU)
 #   bash bench/gpu_session.sh bench llama-1b        # one benchmark shape (all three engines)
-# Logs and results go to $OUT (or ./gpu-out); the installed wheels stay in /tmp/site while warm.
+# Logs and results go to $OUT (or /tmp/gpu-out); the installed wheels stay in /tmp/site while warm.
 set -uo pipefail
-out=${OUT:-$PWD/gpu-out}
+out=${OUT:-/tmp/gpu-out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 UNSLOTH_DISABLE_STATISTICS=1 TOKENIZERS_PARALLELISM=false
 export RECIPE_CACHE=/tmp/recipe-cache
@@ -19,7 +20,7 @@ export PYTHONPATH=/tmp/site:$PWD
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/gpu.txt" 2>&1
 case "${1:-tests}" in
   tests)
-    python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu_training.py 2>&1 \
+    python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu_training.py ${2:+-k "$2"} 2>&1 \
       | tee "$out/gpu_tests.log" | tail -n 60 ;;
   bench)
     python3 bench/bench_training.py all --shapes "${2:-llama-1b}" --work /tmp/bench \

@@ -72,6 +72,10 @@ def run(recipe, overrides, start, stop, force, run_dir, quiet):
     from runner.plan import build_plan
     loaded = _load(recipe, overrides)
     target = _run_dir(loaded, run_dir)
+    if "training" in loaded.data:
+        # Unsloth must patch transformers/trl before any step imports them
+        from runner.train_common import preload_unsloth
+        preload_unsloth(loaded.data["training"])
     try:
         manifest = execute(build_plan(loaded.data), loaded, target, force=set(force),
                            start=start, stop=stop, quiet=quiet)

@@ -17,11 +17,18 @@ class LengthHistogram:
         self.largest = 0
 
     def add(self, length: int) -> None:
-        self.counts[bisect.bisect_right(self.edges, length) - 1] += 1
-        self.total += length
-        self.count += 1
-        self.smallest = length if self.smallest is None else min(self.smallest, length)
-        self.largest = max(self.largest, length)
+        self.add_many([length])
+
+    def add_many(self, lengths: list[int]) -> None:
+        if not lengths:
+            return
+        for length in lengths:
+            self.counts[bisect.bisect_right(self.edges, length) - 1] += 1
+        self.total += sum(lengths)
+        self.count += len(lengths)
+        low = min(lengths)
+        self.smallest = low if self.smallest is None else min(self.smallest, low)
+        self.largest = max(self.largest, max(lengths))
 
     def labels(self) -> list[str]:
         ends = [f"{b - 1}" for b in self.edges[1:]] + ["+"]

@@ -68,7 +68,8 @@ def _render_block(block: dict) -> str:
 
 def build_response(blocks: list[dict], keep_code: bool, limit: int) -> str:
     """Paragraphs (and code blocks when kept) up to `limit` characters; prose is cut at a
-    sentence end, code blocks are never cut (a half code block teaches broken code)."""
+    sentence end, a code block is never cut (half a code block teaches broken code): one that
+    does not fit is left out."""
     parts: list[str] = []
     kinds: list[str] = []
     used = 0
@@ -83,9 +84,11 @@ def build_response(blocks: list[dict], keep_code: bool, limit: int) -> str:
             kinds.append("heading" if "heading" in block else "body")
             used += separator + len(text)
             continue
+        if "code" in block:
+            continue                        # too long to keep whole: leave it out
         if "text" in block and room > 40:
             parts.append(cut_at_sentence_end(text, room))
-            kinds.append("text")
+            kinds.append("body")
         break
     while kinds and kinds[-1] == "heading":   # a subheading without its text says nothing
         kinds.pop()

@@ -20,6 +20,7 @@ from runner.errors import StepError
 MLP_MODULES = {"gate_proj", "up_proj", "down_proj"}
 GPT_OSS_EXPERT_PARAMETERS = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
 EIGHT_BIT_OPTIMS = {"adamw_8bit", "paged_adamw_8bit"}
+DATALOADER_WORKERS = 2
 
 
 @dataclass
@@ -174,6 +175,10 @@ def sft_config_kwargs(training: dict, model: dict, lora: dict, plan: Plan, *,
         use_cpu=plan.device == "cpu",
         dataloader_pin_memory=plan.device == "cuda",
     )
+    if plan.device == "cuda":
+        # Collate the next batches in worker processes while the GPU computes this one.
+        kwargs.update(dataloader_num_workers=DATALOADER_WORKERS,
+                      dataloader_persistent_workers=True)
     if gradient_checkpointing(lora):
         kwargs["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
     return kwargs

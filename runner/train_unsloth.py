@@ -74,4 +74,7 @@ def build_trainer(job):
         from unsloth.chat_templates import train_on_responses_only
         trainer = train_on_responses_only(trainer, instruction_part=job.chat["instruction_part"],
                                           response_part=job.chat["response_part"])
+    # Unsloth loads GPT-OSS tokenizers padding on the left (for generation); batches for
+    # training are padded on the right, as TRL does.
+    tokenizer.padding_side = "right"
     return trainer, tokenizer

@@ -314,3 +314,36 @@ def test_golden_consecutive_sentences_with_all_defaults(tmp_path):
     root = run_data_steps(tmp_path, [doc(GOLDEN_MD, "g")])
     assert [[p["instruction"], p["response"]] for p in pairs_of(root, "validation")] == \
         GOLDEN_SENTENCES
+
+
+def test_validation_with_two_workers_keeps_the_same_pairs_in_order(tmp_path):
+    documents = [_qa(f"Question number {i % 700} about lists?",
+                     f"Answer {i}: lists keep their items in insertion order.", f"q{i}")
+                 for i in range(1500)]
+    outputs = []
+    for workers in (1, 2):
+        root = run_data_steps(tmp_path / str(workers), documents, {
+            "pairing": {"strategy": "fields"}, "validation": {"workers": workers}})
+        outputs.append((root / "validation" / "pairs.jsonl").read_bytes())
+        assert read_json(root / "validation" / "stats.json")["dropped"] == {
+            "duplicate_instruction": 800}
+    assert outputs[0] == outputs[1]
+
+
+def test_build_response_never_cuts_code_and_drops_a_dangling_subheading():
+    from runner.section_pairs import build_response
+
+    blocks = [{"code": "x = 1\n" * 50, "lang": "python"}, {"text": "Short intro sentence."},
+              {"heading": "Details"}, {"text": "A long paragraph. " * 20}]
+    assert build_response(blocks, keep_code=True, limit=60) == "Short intro sentence."
+    assert build_response(blocks, keep_code=False, limit=1000).startswith(
+        "Short intro sentence.\n\nDetails\n\nA long paragraph.")
+
+
+def test_page_title_leaves_out_the_site_name():
+    from runner.section_pairs import page_title
+
+    assert page_title("re — Regular expression operations — Python 3.11.2 documentation") == \
+        "re — Regular expression operations"
+    assert page_title("4. More Control Flow Tools") == "More Control Flow Tools"
+    assert page_title("Pandas - Getting started | pandas docs") == "Pandas - Getting started"

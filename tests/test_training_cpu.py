@@ -19,6 +19,16 @@ from runner.errors import StepError
 from runner.loss_mask import IGNORE, response_only_labels, tokenize_row
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The tiny model gains nothing from threads, and spinning OpenMP threads on a busy
+    2-core machine slow it down a hundredfold."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One auto-backend run with an eval split, shared by the assertions below."""
@@ -148,3 +158,13 @@ def test_batch_check_rejects_a_mask_that_trains_the_question(tmp_path):
     leaky[first - 3:first] = ids[first - 3:first]
     with pytest.raises(StepError, match="differs from the verified one"):
         checker.check(batch(leaky))
+
+
+def test_full_finetuning_saves_the_whole_model(tmp_path):
+    ctx = make_ctx(tmp_path, fast_training(max_steps=2, eval_fraction=0.0),
+                   model=tiny_model(full_finetuning=True))
+    run_step(ctx)
+    summary = json.loads((ctx.out_dir / "summary.json").read_text())
+    assert summary["full_finetuning"] and summary["trainable_params"] == summary["total_params"]
+    assert (ctx.out_dir / "adapter" / "model.safetensors").is_file()
+    assert read_jsonl(ctx.out_dir / "eval.jsonl") == []

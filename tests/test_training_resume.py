@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from training_helpers import PYTHON, fast_training, make_ctx, read_jsonl, run_step, subprocess_env
 
 from runner.train_common import checkpoint_step, latest_checkpoint
@@ -21,6 +22,17 @@ from training_helpers import fast_training, make_ctx, run_step
 run_step(make_ctx(Path(sys.argv[1]), fast_training(**{SETTINGS})))
 """
 
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The tiny model gains nothing from threads, and spinning OpenMP threads on a busy
+    2-core machine slow it down a hundredfold."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 def _kill_after_first_checkpoint(tmp, root) -> str:
     child = subprocess.Popen([PYTHON, "-c", CHILD, str(tmp)], env=subprocess_env(),

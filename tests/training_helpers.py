@@ -86,7 +86,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def subprocess_env() -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
-            "PYTHONUNBUFFERED": "1"}
+            "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
 PYTHON = sys.executable

@@ -2,59 +2,18 @@
 
 from __future__ import annotations
 
-import re
+import json
 from collections import Counter
 from collections.abc import Iterator
 
-from runner.artifacts import read_json, read_jsonl, write_json, write_jsonl
+from runner.artifacts import read_json, write_json
 from runner.errors import StepError
 from runner.registry import StepContext, step
 
-# The hand-run workflow's final filter: ASCII letters, digits, whitespace and . , ? ! only.
-_OUTSIDE_CHARSET = re.compile(r"[^a-zA-Z0-9\s\.,?!]")
-DEDUP_BATCH = 50_000    # pairs checked against the seen digests at once (numpy, in order)
-
-
-class PairFilter:
-    """Per pair: charset filter and length limits; per batch (in order): exact, then near dedup."""
-
-    def __init__(self, settings: dict):
-        self.s = settings
-        self.exact = None
-        if settings["dedup"] == "exact":
-            from runner.dedup import ExactDedup
-            self.exact = ExactDedup()
-        near = settings["near_dedup"]
-        self.near = None
-        if near["enabled"]:
-            from runner.dedup import NearDedup
-            self.near = NearDedup(near["threshold"], near["num_perm"], near["shingle_size"])
-
-    def prepare(self, pair: dict) -> tuple[dict | None, str | None]:
-        """(the pair as it would be kept, None) or (None, drop reason)."""
-        s = self.s
-        instruction = str(pair.get("instruction") or "").strip()
-        response = str(pair.get("response") or "").strip()
-        if s["charset_filter"]:
-            instruction = _OUTSIDE_CHARSET.sub("", instruction)
-            response = _OUTSIDE_CHARSET.sub("", response)
-        for name, text in (("instruction", instruction), ("response", response)):
-            if len(text) <= s[f"min_{name}_chars"]:
-                return None, f"{name}_too_short"
-            if s[f"max_{name}_chars"] and len(text) > s[f"max_{name}_chars"]:
-                return None, f"{name}_too_long"
-        return {**pair, "instruction": instruction, "response": response}, None
-
-    def deduplicate(self, batch: list[dict], dropped: Counter) -> Iterator[dict]:
-        repeats = (self.exact.duplicates([p["instruction"] for p in batch]) if self.exact
-                   else [False] * len(batch))
-        for pair, repeated in zip(batch, repeats, strict=True):
-            if repeated:
-                dropped["duplicate_instruction"] += 1
-            elif self.near and self.near.is_duplicate(f"{pair['instruction']}\n{pair['response']}"):
-                dropped["near_duplicate"] += 1
-            else:
-                yield pair
+# Candidates checked against the seen digests at once (numpy, in order): up to this many, or
+# this many characters of pairs held, whichever comes first.
+DEDUP_BATCH = 50_000
+DEDUP_BATCH_CHARS = 32_000_000
 
 
 @step("validation", inputs=["pairing"],
@@ -63,60 +22,89 @@ def validate_pairs(ctx: StepContext) -> dict:
     """Final filters, in order: the original's charset filter (`charset_filter`, off: it
     destroys code and non-English text), length limits (longer than `min_*_chars`, at most
     `max_*_chars`), exact dedup of the normalized instruction (`dedup`), near-duplicate removal
-    of instruction + response with MinHash LSH (`near_dedup`). Writes the kept pairs, drop
+    of instruction + response with MinHash LSH (`near_dedup`); `workers` > 1 runs the per-pair
+    checks in a process pool (dedup stays in order). Writes the kept pairs, drop
     counts per reason, and data_report.md/json: counts per stage with drop reasons, length
     histograms and `examples` random pairs (`seed`)."""
-    from runner.data_report import LengthHistogram, Reservoir, build_report, render_markdown
+    from runner.pair_checks import Deduplicator
 
     settings = ctx.settings
     source = ctx.inputs["pairing"] / "pairs.jsonl"
     if not source.exists():
         raise StepError(f"validation: {source} is missing; run the pairing step first")
     pairing_stats = _read_stats(ctx.inputs["pairing"] / "stats.json")
-    pair_filter = PairFilter(settings)
-    dropped: Counter = Counter()
-    histograms = {"instruction": LengthHistogram(), "response": LengthHistogram()}
-    sample = Reservoir(settings["examples"], settings["seed"])
-    seen = {"pairs": 0}
-
-    def candidates() -> Iterator[list[dict]]:
-        batch = []
-        for pair in ctx.progress(read_jsonl(source), total=pairing_stats.get("pairs"),
-                                 desc="pairs", unit="pair"):
-            seen["pairs"] += 1
-            candidate, reason = pair_filter.prepare(pair)
-            if candidate is None:
-                dropped[reason] += 1
-                continue
-            batch.append(candidate)
-            if len(batch) == DEDUP_BATCH:
-                yield batch
-                batch = []
-        yield batch
-
-    def kept_pairs() -> Iterator[dict]:
-        for batch in candidates():
-            for kept in pair_filter.deduplicate(batch, dropped):
-                histograms["instruction"].add(len(kept["instruction"]))
-                histograms["response"].add(len(kept["response"]))
-                sample.add(kept)
-                yield kept
-
-    kept = write_jsonl(ctx.out_dir / "pairs.jsonl", kept_pairs())
-    stats = {"pairs_in": seen["pairs"], "kept": kept, "dropped": dict(dropped.most_common())}
+    tally = _Tally(settings)
+    dedup = Deduplicator(settings)
+    with open(ctx.out_dir / "pairs.jsonl", "w", encoding="utf-8") as out:
+        for batch in _candidate_batches(ctx, source, pairing_stats.get("pairs"), tally):
+            kept = list(dedup.kept(batch, tally.dropped))
+            out.writelines(candidate[0] + "\n" for candidate in kept)
+            tally.keep(kept)
+    stats = {"pairs_in": tally.pairs_in, "kept": tally.kept,
+             "dropped": dict(tally.dropped.most_common())}
     write_json(ctx.out_dir / "stats.json", stats)
+    _write_report(ctx, pairing_stats, stats, tally)
+    reasons = ", ".join(f"{r} {c}" for r, c in tally.dropped.most_common())
+    ctx.log(f"{tally.kept} of {tally.pairs_in} pairs kept" + (f" (dropped: {reasons})" if reasons
+            else "") + f"; report: {ctx.run_dir / 'validation' / 'data_report.md'}")
+    if not tally.kept:
+        raise StepError("validation: no pair is left; see the drop reasons above and loosen "
+                        "the validation limits, or pick another pairing.strategy")
+    return {"pairs_in": tally.pairs_in, "kept": tally.kept}
+
+
+class _Tally:
+    """Counts, drop reasons, length histograms and the random examples, all streamed."""
+
+    def __init__(self, settings: dict):
+        from runner.data_report import LengthHistogram, Reservoir
+
+        self.pairs_in = self.kept = 0
+        self.dropped: Counter = Counter()
+        self.histograms = {"instruction": LengthHistogram(), "response": LengthHistogram()}
+        self.sample = Reservoir(settings["examples"], settings["seed"])
+
+    def keep(self, candidates: list[tuple]) -> None:
+        self.kept += len(candidates)
+        self.histograms["instruction"].add_many([c[2] for c in candidates])
+        self.histograms["response"].add_many([c[3] for c in candidates])
+        for candidate in candidates:
+            self.sample.add(candidate[0])
+
+
+def _candidate_batches(ctx: StepContext, source, total: int | None, tally: _Tally
+                       ) -> Iterator[list]:
+    """Per-pair checks (in `workers` processes), grouped in order for the dedup."""
+    from runner.pair_checks import check_line, init_worker
+    from runner.parallel import ordered_map, worker_count
+
+    batch, held = [], 0
+    with open(source, encoding="utf-8") as lines:
+        checked = ordered_map(check_line, (line for line in lines if line.strip()),
+                              workers=worker_count(ctx.settings["workers"]),
+                              initializer=init_worker, initargs=(ctx.settings,), chunksize=500)
+        for result in ctx.progress(checked, total=total, desc="pairs", unit="pair"):
+            tally.pairs_in += 1
+            if isinstance(result, str):
+                tally.dropped[result] += 1
+                continue
+            batch.append(result)
+            held += len(result[0]) + len(result[4] or "")
+            if len(batch) == DEDUP_BATCH or held > DEDUP_BATCH_CHARS:
+                yield batch
+                batch, held = [], 0
+    yield batch
+
+
+def _write_report(ctx: StepContext, pairing_stats: dict, stats: dict, tally: _Tally) -> None:
+    from runner.data_report import build_report, render_markdown
+
     report = build_report(pairing_stats.get("upstream", {}).get("cleaning", {}), pairing_stats,
-                          stats, {k: h.as_dict() for k, h in histograms.items()}, sample.items)
+                          stats, {k: h.as_dict() for k, h in tally.histograms.items()},
+                          [json.loads(line) for line in tally.sample.items])
     write_json(ctx.out_dir / "data_report.json", report)
     (ctx.out_dir / "data_report.md").write_text(render_markdown(report, ctx.recipe_name),
                                                 encoding="utf-8")
-    ctx.log(f"{kept} of {seen['pairs']} pairs kept"
-            + (f" (dropped: {', '.join(f'{r} {c}' for r, c in dropped.most_common())})"
-               if dropped else "") + f"; report: {ctx.run_dir / 'validation' / 'data_report.md'}")
-    if not kept:
-        raise StepError("validation: no pair is left; see the drop reasons above and loosen "
-                        "the validation limits, or pick another pairing.strategy")
-    return {"pairs_in": seen["pairs"], "kept": kept}
 
 
 def _read_stats(path) -> dict:
