@@ -157,7 +157,8 @@ def test_full_report_mask_loss_answers_export(full_run):
         for step, value in points:
             assert f"{label} at step {step}: {value:.6g}" in text
     summary = read_json(run / "training" / "summary.json")
-    assert f"{summary['tokens_per_s']}" in text and f"{summary['peak_rss_gib']} GiB" in text
+    from runner.report_html import number
+    assert number(summary["tokens_per_s"]) in text and f"{summary['peak_rss_gib']} GiB" in text
 
     answers = list(read_jsonl(run / "evaluation" / "answers.jsonl"))
     assert answers

@@ -82,7 +82,7 @@ def _candidate_batches(ctx: StepContext, source, total: int | None, tally: _Tall
     with open(source, encoding="utf-8") as lines:
         checked = ordered_map(check_line, (line for line in lines if line.strip()),
                               workers=worker_count(ctx.settings["workers"]),
-                              initializer=init_worker, initargs=(ctx.settings,), chunksize=500)
+                              initializer=init_worker, initargs=(ctx.settings,), chunksize=2000)
         for result in ctx.progress(checked, total=total, desc="pairs", unit="pair"):
             tally.pairs_in += 1
             if isinstance(result, str):
