@@ -63,7 +63,7 @@ def _write_rows(folder: Path, seq: int, count: int) -> None:
 
     from transformers import AutoTokenizer
 
-    from runner.loss_mask import response_only_labels, tokenize_row
+    from runner.chat.loss_mask import response_only_labels, tokenize_row
     from runner.tiny_model import tokenizer_corpus
 
     tokenizer = AutoTokenizer.from_pretrained(folder / "model")
@@ -88,8 +88,8 @@ def _write_rows(folder: Path, seq: int, count: int) -> None:
 
 def _fit_answer(tokenizer, chat, question, words, rng, seq):
     """A random answer as long as the rendered row can be within `seq` tokens."""
-    from runner.chat_format import render
-    from runner.loss_mask import tokenize_row
+    from runner.chat.chat_format import render
+    from runner.chat.loss_mask import tokenize_row
 
     def row(answer):
         messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
@@ -120,7 +120,7 @@ def _cuda() -> bool:
 
 def run_runner(shape: str, work: Path) -> dict:
     from runner.registry import StepContext, registered
-    from runner.train_metrics import read_metrics
+    from runner.train.train_metrics import read_metrics
 
     spec, folder = SHAPES[shape], work / shape
     backend = "unsloth" if _cuda() else "hf"
@@ -184,7 +184,7 @@ def run_baseline(shape: str, work: Path) -> dict:
 
     spec, folder, cuda = SHAPES[shape], work / shape, _cuda()
     if not cuda:
-        from runner.train_hf import install_logprob_fallback
+        from runner.train.train_hf import install_logprob_fallback
         install_logprob_fallback()
     gpt_oss = spec["family"] == "gpt_oss"
     model = AutoModelForCausalLM.from_pretrained(

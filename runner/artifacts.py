@@ -8,13 +8,15 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+_ENCODE = json.JSONEncoder(ensure_ascii=False).encode  # one encoder: json.dumps builds one per call
+
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
     """Stream rows to a JSONL file; returns the number written."""
     count = 0
     with open(path, "w", encoding="utf-8") as handle:
         for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            handle.write(_ENCODE(row) + "\n")
             count += 1
     return count
 

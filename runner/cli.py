@@ -74,7 +74,7 @@ def run(recipe, overrides, start, stop, force, run_dir, quiet):
     target = _run_dir(loaded, run_dir)
     if "training" in loaded.data:
         # Unsloth must patch transformers/trl before any step imports them
-        from runner.train_common import preload_unsloth
+        from runner.train.train_common import preload_unsloth
         preload_unsloth(loaded.data["training"])
     try:
         manifest = execute(build_plan(loaded.data), loaded, target, force=set(force),
@@ -96,7 +96,7 @@ def _write_report(run_dir: Path) -> Path | None:
     if not (run_dir / "manifest.json").exists():
         return None
     try:
-        from runner.report import write_report
+        from runner.reporting.report import write_report
         return write_report(run_dir)
     except Exception as exc:  # noqa: BLE001 - report problems are reported, not raised
         click.echo(f"warning: could not write the run report: {exc}", err=True)

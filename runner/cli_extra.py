@@ -80,7 +80,7 @@ def _fmt(value) -> str:
 def serve(target, host, port, quiet):
     """Serve a run folder (runs/NAME) or a model path over HTTP (OpenAI-compatible)."""
     try:
-        from runner.serve import serve as start
+        from runner.infer.serve import serve as start
     except ImportError as exc:
         click.echo(f"error: serving is unavailable: {exc}", err=True)
         sys.exit(1)

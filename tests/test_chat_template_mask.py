@@ -1,10 +1,10 @@
-"""runner.loss_mask: Unsloth-style response-only labels, span labels, and their verification."""
+"""runner.chat.loss_mask: Unsloth-style response-only labels, span labels, and their verification."""
 
 from __future__ import annotations
 
 import pytest
 
-from runner.loss_mask import IGNORE, labels_problem, response_only_labels, span_labels, trained_text
+from runner.chat.loss_mask import IGNORE, labels_problem, response_only_labels, span_labels, trained_text
 from runner.models import load_tokenizer
 
 USER, ASSISTANT = "<|start|>user<|message|>", "<|start|>assistant<|channel|>final<|message|>"

@@ -68,7 +68,7 @@ def test_renders_harmony_rows_with_pinned_date_and_verified_mask(run_step):
                          "<|start|>assistant<|channel|>final<|message|>"
                          "A function that yields values one at a time.<|return|>")
     assert rows[0]["provenance"]["document_id"] == "doc0000000000000"
-    from runner.chat_format import pinned_clock
+    from runner.chat.chat_format import pinned_clock
     from runner.models import load_tokenizer
     assert text == load_tokenizer(MODEL).apply_chat_template(
         rows[0]["messages"], tokenize=False, reasoning_effort="high",
@@ -85,7 +85,7 @@ def test_renders_harmony_rows_with_pinned_date_and_verified_mask(run_step):
 
 
 def test_user_turn_is_never_trained(run_step, cache):
-    from runner.loss_mask import response_only_labels, trained_text
+    from runner.chat.loss_mask import response_only_labels, trained_text
     from runner.models import load_tokenizer
 
     out, _ = run_step()
@@ -157,7 +157,7 @@ def test_overlong_rows_are_dropped_or_truncated(run_step):
 
 
 def test_template_mask_uses_generation_markers(run_step, cache):
-    from runner.loss_mask import encode_with_spans, trained_text
+    from runner.chat.loss_mask import encode_with_spans, trained_text
     from runner.models import load_tokenizer
 
     out, metrics = run_step(mask="template")

@@ -34,7 +34,7 @@ URL = re.compile(r"\b(?:https?|ftps?|file)://|\bwww\.\S")
 
 
 def _convert(path: Path) -> dict:
-    from runner.html_markdown import html_to_markdown
+    from runner.sources.html_markdown import html_to_markdown
 
     title, markdown = html_to_markdown(path.read_text(encoding="utf-8"))
     return {"id": hashlib.sha1(str(path).encode()).hexdigest()[:16], "source": "local",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from runner.dedup import ExactDedup, NearDedup, normalize
+from runner.data.dedup import ExactDedup, NearDedup, normalize
 
 
 def test_normalize_ignores_case_width_and_whitespace_runs():

@@ -14,7 +14,7 @@ import pytest
 from test_data_steps import run_data_steps
 
 from runner.artifacts import read_jsonl
-from runner.dedup import normalize
+from runner.data.dedup import normalize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import hand_run  # noqa: E402
@@ -55,7 +55,7 @@ def fixed_corpus(count: int = 40, seed: int = 3407) -> list[dict]:
 
 
 def tutorial_corpus() -> list[dict]:
-    from runner.html_markdown import html_to_markdown
+    from runner.sources.html_markdown import html_to_markdown
 
     documents = []
     for path in sorted(TUTORIAL.glob("*.html")):

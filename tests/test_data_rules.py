@@ -9,8 +9,8 @@ import time
 
 import pytest
 
+from runner.data.text_rules import BUILTIN_RULES, ORIGINAL_RULES, apply_rules, build_rules, clean_heading
 from runner.errors import StepError
-from runner.text_rules import BUILTIN_RULES, ORIGINAL_RULES, apply_rules, build_rules, clean_heading
 
 # The hand-run workflow's patterns, verbatim.
 ORIGINAL = {

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from runner.doc_cleaner import DocumentCleaner
-from runner.md_sections import heading_paths, split_sections
-from runner.sentences import SentenceFilter, cut_at_sentence_end, split_original, split_smart
+from runner.data.doc_cleaner import DocumentCleaner
+from runner.data.md_sections import heading_paths, split_sections
+from runner.data.sentences import SentenceFilter, cut_at_sentence_end, split_original, split_smart
 
 TEXT = ("Use a list, e.g. a stack. It works, i.e. mostly. New in version 3.11. The value 3.14 "
         "is pi. 4.2. for Statements loop. See section 3. then go on. Dr. Smith wrote it! Why? "

@@ -331,7 +331,7 @@ def test_validation_with_two_workers_keeps_the_same_pairs_in_order(tmp_path):
 
 
 def test_build_response_never_cuts_code_and_drops_a_dangling_subheading():
-    from runner.section_pairs import build_response
+    from runner.data.section_pairs import build_response
 
     blocks = [{"code": "x = 1\n" * 50, "lang": "python"}, {"text": "Short intro sentence."},
               {"heading": "Details"}, {"text": "A long paragraph. " * 20}]
@@ -341,7 +341,7 @@ def test_build_response_never_cuts_code_and_drops_a_dangling_subheading():
 
 
 def test_page_title_leaves_out_the_site_name():
-    from runner.section_pairs import page_title
+    from runner.data.section_pairs import page_title
 
     assert page_title("re — Regular expression operations — Python 3.11.2 documentation") == \
         "re — Regular expression operations"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runner.harmony_parse import HarmonyStream, parse
+from runner.infer.harmony_parse import HarmonyStream, parse
 
 FULL = ("<|channel|>analysis<|message|>The user wants a list.<|end|>"
         "<|start|>assistant<|channel|>final<|message|>A list is mutable.<|return|>")

@@ -82,7 +82,7 @@ def test_without_an_eval_split_the_dataset_tail_is_used_and_said(tmp_path):
 def test_prompt_is_rendered_with_effort_system_prompt_and_pinned_date():
     from tuned_fixture import tiny_model_dir
 
-    from runner.generation import load_tokenizer_from, render_prompt
+    from runner.infer.generation import load_tokenizer_from, render_prompt
 
     tokenizer = load_tokenizer_from(tiny_model_dir())
     text = render_prompt(tokenizer, "Q?", effort="high", system_prompt="Be brief.",
@@ -92,7 +92,7 @@ def test_prompt_is_rendered_with_effort_system_prompt_and_pinned_date():
 
 
 def test_held_out_loss_counts_only_answer_tokens():
-    from runner.generation import response_spans
+    from runner.infer.generation import response_spans
 
     text = ("<|start|>user<|message|>Q1<|end|><|start|>assistant<|channel|>final<|message|>A1<|return|>"
             "<|start|>user<|message|>Q2<|end|><|start|>assistant<|channel|>final<|message|>A2<|return|>")

@@ -9,7 +9,7 @@ from tuned_fixture import copy_run, make_ctx, publish, section_settings
 
 pytest.importorskip("llmcompressor")
 
-from runner.export_check import check_in_subprocess  # noqa: E402
+from runner.infer.export_check import check_in_subprocess  # noqa: E402
 from runner.steps.export import export  # noqa: E402
 
 
@@ -44,7 +44,7 @@ def test_mxfp4_checkpoint_reloads_every_weight_and_generates(tmp_path):
     # check's loader gives the experts that layout first, so every weight arrives.
     from transformers import AutoModelForCausalLM
 
-    from runner.export_tools import load_compressed_checkpoint
+    from runner.infer.export_tools import load_compressed_checkpoint
 
     _, info = AutoModelForCausalLM.from_pretrained(checkpoint, output_loading_info=True)
     assert any("experts" in key for key in info["missing_keys"])

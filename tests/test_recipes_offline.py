@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, run_cli
+
 from runner.artifacts import read_jsonl
 
 DOCS = Path("/usr/share/doc/python3.11/html")

@@ -16,9 +16,9 @@ import pytest
 from conftest import ROOT, run_cli
 
 from runner.artifacts import read_json, read_jsonl
-from runner.report import write_report
-from runner.report_html import size
-from runner.report_svg import nice_ticks
+from runner.reporting.report import write_report
+from runner.reporting.report_html import size
+from runner.reporting.report_svg import nice_ticks
 
 TOPICS = ("lists", "tuples", "dictionaries", "generators")
 DATA_SECTIONS = """
@@ -157,7 +157,7 @@ def test_full_report_mask_loss_answers_export(full_run):
         for step, value in points:
             assert f"{label} at step {step}: {value:.6g}" in text
     summary = read_json(run / "training" / "summary.json")
-    from runner.report_html import number
+    from runner.reporting.report_html import number
     assert number(summary["tokens_per_s"]) in text and f"{summary['peak_rss_gib']} GiB" in text
 
     answers = list(read_jsonl(run / "evaluation" / "answers.jsonl"))
@@ -176,12 +176,12 @@ def test_full_report_mask_loss_answers_export(full_run):
 
 def test_module_entry_point(full_run, tmp_path):
     run, *_ = full_run
-    done = subprocess.run([sys.executable, "-m", "runner.report", str(run)], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "runner.reporting.report", str(run)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(run / "report.html")
     assert not list(run.glob(".report.html.tmp*"))
-    missing = subprocess.run([sys.executable, "-m", "runner.report", str(tmp_path / "nope")],
+    missing = subprocess.run([sys.executable, "-m", "runner.reporting.report", str(tmp_path / "nope")],
                              cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "is not a folder" in missing.stderr
 

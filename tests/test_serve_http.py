@@ -16,7 +16,7 @@ import pytest
 from tuned_fixture import copy_run, make_ctx, publish, section_settings
 
 from runner.errors import StepError
-from runner.serve import create_app, resolve_target, vllm_command
+from runner.infer.serve import create_app, resolve_target, vllm_command
 from runner.steps.export import export
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +42,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server(run):
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "runner.serve", str(run), "--port", str(port),
+    process = subprocess.Popen([sys.executable, "-m", "runner.infer.serve", str(run), "--port", str(port),
                                 "--quiet"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"

@@ -248,7 +248,7 @@ def test_a_dotenv_file_cannot_inject_variables_at_sdk_import(tmp_path):
         return done.stdout.strip()
 
     assert run(f"import brightdata; {probe}") == "injected from-a-stray-dotenv-file"   # the hazard
-    guarded = run(f"from runner.brightdata_source import import_sdk; import_sdk(print); {probe}")
+    guarded = run(f"from runner.sources.brightdata_source import import_sdk; import_sdk(print); {probe}")
     assert guarded.splitlines()[-1] == "None None"
     assert "RECIPE_DOTENV_PROBE" in guarded and "from-a-stray" not in guarded.splitlines()[0]
 

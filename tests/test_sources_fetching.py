@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from runner.fetching import (
+from runner.sources.fetching import (
     FatalFetchError,
     Fetched,
     FetchFailure,
@@ -16,8 +16,8 @@ from runner.fetching import (
     collect,
     summarize,
 )
-from runner.html_markdown import html_to_markdown, tidy_markdown
-from runner.page_cache import PageCache
+from runner.sources.html_markdown import html_to_markdown, tidy_markdown
+from runner.sources.page_cache import PageCache
 
 
 def test_backoff_is_full_jitter_doubling_and_respects_retry_after():

@@ -10,7 +10,7 @@ import pytest
 from sources_support import PYTHON_DOCS, make_ctx, run_sources, sphinx_page
 
 from runner.errors import StepError
-from runner.html_markdown import html_to_markdown
+from runner.sources.html_markdown import html_to_markdown
 from runner.steps.sources import fingerprint
 
 RST = """Install Guide

@@ -15,8 +15,8 @@ from training_helpers import (
     write_dataset,
 )
 
+from runner.chat.loss_mask import IGNORE, response_only_labels, tokenize_row
 from runner.errors import StepError
-from runner.loss_mask import IGNORE, response_only_labels, tokenize_row
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -132,7 +132,7 @@ def test_batch_check_rejects_a_mask_that_trains_the_question(tmp_path):
     import torch
 
     from runner.models import load_tokenizer
-    from runner.train_mask import BatchChecker
+    from runner.train.train_mask import BatchChecker
 
     chat = chat_settings()
     rows = write_dataset(tmp_path, tiny_model(), chat)

@@ -11,7 +11,7 @@ import time
 import pytest
 from training_helpers import PYTHON, fast_training, make_ctx, read_jsonl, run_step, subprocess_env
 
-from runner.train_common import checkpoint_step, latest_checkpoint
+from runner.train.train_common import checkpoint_step, latest_checkpoint
 
 STEPS = 60
 SETTINGS = dict(max_steps=STEPS, save_steps=10, save_total_limit=2, warmup_steps=0)

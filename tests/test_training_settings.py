@@ -9,7 +9,7 @@ import pytest
 from training_helpers import fast_training, section, tiny_lora, tiny_model
 
 from runner.errors import StepError
-from runner.train_common import (
+from runner.train.train_common import (
     GPT_OSS_EXPERT_PARAMETERS,
     choose_backend,
     latest_checkpoint,
@@ -19,7 +19,7 @@ from runner.train_common import (
     sft_config_kwargs,
     split_rows,
 )
-from runner.train_metrics import tensorboard_ready, trim_metrics
+from runner.train.train_metrics import tensorboard_ready, trim_metrics
 
 NOTEBOOK = dict(per_device_train_batch_size=2, gradient_accumulation_steps=4, warmup_steps=5,
                 max_steps=60, learning_rate=2e-4, lr_scheduler_type="linear", optim="adamw_8bit",
@@ -153,7 +153,7 @@ def test_tensorboard_missing_is_a_clear_error():
 def test_plain_torch_loss_head_matches_full_logits(softcap):
     import torch
 
-    from runner.train_hf import TorchLogProbHead
+    from runner.train.train_hf import TorchLogProbHead
 
     torch.manual_seed(0)
     hidden = torch.randn(7, 16, requires_grad=True)

@@ -43,7 +43,7 @@ def fast_training(**values) -> dict:
 
 def write_dataset(folder: Path, model: dict, chat: dict, pairs=PAIRS) -> list[dict]:
     """dataset.jsonl as the chat_template step writes it, rendered with the model's template."""
-    from runner.chat_format import render, resolve_template
+    from runner.chat.chat_format import render, resolve_template
     from runner.models import load_tokenizer
 
     tokenizer = load_tokenizer(model)

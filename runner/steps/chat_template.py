@@ -47,7 +47,7 @@ def _fingerprint(settings: dict, recipe_dir: Path):
       version=1, fingerprint=_fingerprint)
 def chat_template(ctx: StepContext) -> dict:
     """Render pairs with the chat template, fix, check, and verify the loss mask of every row."""
-    from runner.chat_format import resolve_template
+    from runner.chat.chat_format import resolve_template
     from runner.models import load_tokenizer
 
     settings, model = ctx.settings, ctx.sections["model"]
@@ -82,7 +82,7 @@ def _check_markers(settings: dict) -> None:
 def _render_rows(ctx, pairs, tokenizer, template) -> tuple[list[Row], list[dict]]:
     from jinja2 import TemplateError
 
-    from runner.chat_format import apply_fixes, build_messages, fix_rules, render
+    from runner.chat.chat_format import apply_fixes, build_messages, fix_rules, render
 
     settings, rules = ctx.settings, fix_rules(ctx.settings)
     counts = [0] * len(rules)
@@ -102,7 +102,7 @@ def _render_rows(ctx, pairs, tokenizer, template) -> tuple[list[Row], list[dict]
 
 
 def _check_format(rows: list[Row], settings: dict) -> None:
-    from runner.chat_format import check_failures
+    from runner.chat.chat_format import check_failures
 
     failing: dict[str, list[Row]] = {}
     for row in rows:
@@ -126,7 +126,7 @@ def _check_format(rows: list[Row], settings: dict) -> None:
 
 def _label_and_verify(ctx, rows: list[Row], tokenizer) -> None:
     """Tokenize and label every full row, then demand the trained text be exactly the answer."""
-    from runner.loss_mask import labels_problem
+    from runner.chat.loss_mask import labels_problem
 
     settings = ctx.settings
     prefix = settings["response_part"] if settings["mask"] == "template" else ""
@@ -142,7 +142,7 @@ def _label_and_verify(ctx, rows: list[Row], tokenizer) -> None:
 
 
 def _tokenize_and_label(row: Row, tokenizer, settings: dict) -> tuple[list[int], list[int]]:
-    from runner.loss_mask import encode_with_spans, response_only_labels
+    from runner.chat.loss_mask import encode_with_spans, response_only_labels
 
     if settings["mask"] == "template":
         return encode_with_spans(tokenizer, row.text, row.spans)
@@ -201,7 +201,7 @@ def _fit_length(rows: list[Row], tokenizer, settings: dict, limit: int) -> tuple
 
 def _truncate(row: Row, tokenizer, settings: dict, limit: int) -> bool:
     """Cut the row to `limit` tokens as text that re-tokenizes to exactly those tokens."""
-    from runner.loss_mask import labels_problem
+    from runner.chat.loss_mask import labels_problem
 
     for length in range(limit, 0, -1):
         text = tokenizer.decode(row.ids[:length], skip_special_tokens=False,
@@ -219,7 +219,7 @@ def _truncate(row: Row, tokenizer, settings: dict, limit: int) -> bool:
 
 def _write_outputs(ctx, rows: list[Row], tokenizer, template: str, source: str,
                    counts: dict) -> dict:
-    from runner.mask_report import build_report, render_markdown
+    from runner.chat.mask_report import build_report, render_markdown
 
     def records():
         for row in rows:

@@ -38,8 +38,8 @@ def clean(ctx: StepContext) -> dict:
     same rules, code blocks verbatim) for `pairing.strategy: heading_sections`. Writes
     documents.jsonl and stats.json (characters removed per rule, sentences dropped per reason).
     `workers` > 1 cleans documents in a process pool, keeping their order."""
-    from runner.doc_cleaner import CleaningStats, DocumentCleaner, clean_line, init_worker
-    from runner.parallel import ordered_map, worker_count
+    from runner.data.doc_cleaner import CleaningStats, DocumentCleaner, clean_line, init_worker
+    from runner.data.parallel import ordered_map, worker_count
 
     settings = ctx.settings
     source = documents_path(ctx)

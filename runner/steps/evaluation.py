@@ -56,7 +56,7 @@ def _loss_options(ctx: StepContext) -> dict:
 
 
 def _compare_losses(ctx: StepContext, model, tokenizer) -> dict:
-    from runner.generation import held_out_loss
+    from runner.infer.generation import held_out_loss
 
     texts, source = _held_out_texts(ctx, int(ctx.settings["held_out_rows"]))
     result = {"source": source, "rows": len(texts), "counted": "answer tokens only"
@@ -79,7 +79,7 @@ def _compare_losses(ctx: StepContext, model, tokenizer) -> dict:
 
 
 def _load_base(ctx: StepContext):
-    from runner.generation import pick_device
+    from runner.infer.generation import pick_device
     from runner.models import load_model
 
     settings = dict(ctx.sections["model"])
@@ -90,7 +90,7 @@ def _load_base(ctx: StepContext):
 
 
 def _answers(ctx: StepContext, model, tokenizer) -> list[dict]:
-    from runner.generation import GenerationSettings, generate, render_prompt
+    from runner.infer.generation import GenerationSettings, generate, render_prompt
 
     template, settings = _template_text(ctx), ctx.settings
     date = ctx.sections.get("chat_template", {}).get("current_date")
@@ -114,8 +114,8 @@ def _answers(ctx: StepContext, model, tokenizer) -> list[dict]:
 def evaluate(ctx: StepContext) -> dict:
     """Answer each test prompt at each reasoning effort with the tuned model (answers.jsonl,
     report.md) and compare held-out loss and perplexity of the base and tuned models."""
-    from runner.evaluation_report import render_report
-    from runner.generation import load_tokenizer_from, load_tuned, pick_device
+    from runner.infer.evaluation_report import render_report
+    from runner.infer.generation import load_tokenizer_from, load_tuned, pick_device
 
     adapter = ctx.inputs["training"] / "adapter"
     device = pick_device()

@@ -51,7 +51,7 @@ class Exporter:
     base + adapter on the verify prompt (kept on the CPU, so no two models are ever loaded)."""
 
     def __init__(self, ctx: StepContext):
-        from runner.generation import load_tokenizer_from, pick_device
+        from runner.infer.generation import load_tokenizer_from, pick_device
 
         self.ctx = ctx
         self.adapter = ctx.inputs["training"] / "adapter"
@@ -62,7 +62,7 @@ class Exporter:
 
     def load_tuned(self):
         """Base + adapter at full precision on CPU (float32), the model dtype on a GPU."""
-        from runner.generation import load_tuned
+        from runner.infer.generation import load_tuned
 
         model = load_tuned(self.model_settings, self.adapter, device=self.device,
                            dtype="float32" if self.device == "cpu" else None,
@@ -79,7 +79,7 @@ class Exporter:
             return model(input_ids=ids.to(model.device)).logits.float().cpu()
 
     def prompt_ids(self):
-        from runner.generation import render_prompt
+        from runner.infer.generation import render_prompt
 
         text = render_prompt(self.tokenizer, self.ctx.settings["verify_prompt"], effort="low")
         return text, self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
@@ -96,7 +96,7 @@ class Exporter:
         return report
 
     def check_generates(self, model, name: str) -> dict:
-        from runner.generation import GenerationSettings, generate
+        from runner.infer.generation import GenerationSettings, generate
 
         text, _ = self.prompt_ids()
         settings = GenerationSettings(max_new_tokens=VERIFY_TOKENS, do_sample=False)
@@ -138,7 +138,7 @@ class Exporter:
 
 
 def export_lora(ex: Exporter, out: Path) -> dict:
-    from runner.generation import load_path
+    from runner.infer.generation import load_path
 
     shutil.copytree(ex.adapter, out)
     weights = sum(p.stat().st_size for p in out.glob("adapter_model.*"))
@@ -167,7 +167,7 @@ def write_merged(ex: Exporter, out: Path, dtype: str) -> dict | None:
 
 
 def export_merged(ex: Exporter, out: Path) -> dict:
-    from runner.generation import load_path
+    from runner.infer.generation import load_path
 
     dtype = merged_dtype(ex.model_settings)
     ex.ctx.log(f"merged_16bit: merging the adapter into the base weights ({dtype})")
@@ -183,7 +183,7 @@ def export_merged(ex: Exporter, out: Path) -> dict:
 
 
 def export_gguf(ex: Exporter, out: Path) -> dict:
-    from runner.export_tools import convert_to_gguf
+    from runner.infer.export_tools import convert_to_gguf
 
     quantization = ex.ctx.settings["gguf_quantization"]
     merged = ex.ctx.out_dir / "merged_16bit"
@@ -206,8 +206,8 @@ def export_gguf(ex: Exporter, out: Path) -> dict:
 
 
 def export_mxfp4(ex: Exporter, out: Path) -> dict:
-    from runner.export_check import check_in_subprocess
-    from runner.export_tools import export_mxfp4 as through_unsloth
+    from runner.infer.export_check import check_in_subprocess
+    from runner.infer.export_tools import export_mxfp4 as through_unsloth
 
     through_unsloth(ex.adapter, out, ex.ctx.out_dir / ".mxfp4-work",
                     int(ex.model_settings.get("max_seq_length", 1024)), ex.ctx.log)
@@ -228,7 +228,7 @@ def export_mxfp4(ex: Exporter, out: Path) -> dict:
 
 
 def export_hub(ex: Exporter, out: Path) -> dict:
-    from runner.export_tools import push_to_hub
+    from runner.infer.export_tools import push_to_hub
 
     hub = ex.ctx.settings["hub"]
     folders = {name: ex.ctx.out_dir / name for name in hub["push"]}
@@ -244,7 +244,7 @@ EXPORTERS = {"lora": export_lora, "merged_16bit": export_merged, "gguf": export_
 
 def preflight(settings: dict, targets: list[str]) -> None:
     """Every reason the export cannot finish, found before anything is written."""
-    from runner.export_tools import gguf_problems, hub_problems, mxfp4_problems
+    from runner.infer.export_tools import gguf_problems, hub_problems, mxfp4_problems
 
     problems = []
     if "gguf" in targets:
@@ -270,7 +270,7 @@ def export(ctx: StepContext) -> dict:
     for target in targets:
         report["targets"][target] = EXPORTERS[target](exporter, ctx.out_dir / target)
     if "merged_16bit" in targets:
-        from runner.serve import vllm_command
+        from runner.infer.serve import vllm_command
         report["vllm_command"] = vllm_command(ctx.run_dir / ctx.step / "merged_16bit",
                                               ctx.recipe_name)
         ctx.log(f"production serving: {report['vllm_command']}")

@@ -89,7 +89,7 @@ def heading_sections(ctx: StepContext) -> dict:
     title, heading_path, url), response = the section text up to `response_max_chars` (cut at a
     sentence end), code blocks kept when `keep_code`. Sections shorter than
     `response_min_chars` are dropped. Needs `cleaning.keep_headings: true`."""
-    from runner.section_pairs import SectionPairer
+    from runner.data.section_pairs import SectionPairer
 
     documents, cleaning_stats = _cleaned(ctx)
     if cleaning_stats and not cleaning_stats.get("keep_headings"):

@@ -11,18 +11,18 @@ from runner.registry import StepContext, step
 
 def _readers() -> dict:
     # Imported when the step runs: `recipe validate` must stay free of aiohttp, httpx, lxml...
-    from runner.brightdata_source import run_brightdata
-    from runner.http_source import run_http
-    from runner.local_source import run_local
-    from runner.pydoc_source import run_pydoc
+    from runner.sources.brightdata_source import run_brightdata
+    from runner.sources.http_source import run_http
+    from runner.sources.local_source import run_local
+    from runner.sources.pydoc_source import run_pydoc
     return {"brightdata": run_brightdata, "http": run_http, "local": run_local, "pydoc": run_pydoc}
 
 
 def fingerprint(settings: dict, recipe_dir: Path = Path(".")) -> list:
     """Local files' content hashes and pydoc modules' file hashes; fetched pages are keyed by
     their settings alone (the raw-page cache spares the network on a re-run)."""
-    from runner.local_source import fingerprint_files
-    from runner.pydoc_source import fingerprint_modules
+    from runner.sources.local_source import fingerprint_files
+    from runner.sources.pydoc_source import fingerprint_modules
 
     found = []
     for entry in settings.get("entries", []):

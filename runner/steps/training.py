@@ -17,22 +17,22 @@ OUTPUTS = ["adapter", "metrics.jsonl", "summary.json", "eval.jsonl"]
 @step("training", "hf", inputs=INPUTS, uses=USES, outputs=OUTPUTS)
 def train_hf(ctx: StepContext) -> dict:
     """transformers + PEFT + TRL SFTTrainer; CPU or one GPU."""
-    from runner.train_run import run_training
+    from runner.train.train_run import run_training
     return run_training(ctx, "hf")
 
 
 @step("training", "unsloth", inputs=INPUTS, uses=USES, outputs=OUTPUTS)
 def train_unsloth(ctx: StepContext) -> dict:
     """Unsloth FastLanguageModel + TRL SFTTrainer + train_on_responses_only; one CUDA GPU."""
-    from runner.train_run import run_training
+    from runner.train.train_run import run_training
     return run_training(ctx, "unsloth")
 
 
 @step("training", "auto", inputs=INPUTS, uses=USES, outputs=OUTPUTS)
 def train_auto(ctx: StepContext) -> dict:
     """unsloth when a CUDA GPU and unsloth are present, else hf; says which it chose."""
-    from runner.train_common import choose_backend
-    from runner.train_run import run_training
+    from runner.train.train_common import choose_backend
+    from runner.train.train_run import run_training
 
     backend, reason = choose_backend()
     ctx.log(f"backend auto: using {backend} ({reason})")

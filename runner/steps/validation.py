@@ -26,7 +26,7 @@ def validate_pairs(ctx: StepContext) -> dict:
     checks in a process pool (dedup stays in order). Writes the kept pairs, drop
     counts per reason, and data_report.md/json: counts per stage with drop reasons, length
     histograms and `examples` random pairs (`seed`)."""
-    from runner.pair_checks import Deduplicator
+    from runner.data.pair_checks import Deduplicator
 
     settings = ctx.settings
     source = ctx.inputs["pairing"] / "pairs.jsonl"
@@ -57,7 +57,7 @@ class _Tally:
     """Counts, drop reasons, length histograms and the random examples, all streamed."""
 
     def __init__(self, settings: dict):
-        from runner.data_report import LengthHistogram, Reservoir
+        from runner.data.data_report import LengthHistogram, Reservoir
 
         self.pairs_in = self.kept = 0
         self.dropped: Counter = Counter()
@@ -75,8 +75,8 @@ class _Tally:
 def _candidate_batches(ctx: StepContext, source, total: int | None, tally: _Tally
                        ) -> Iterator[list]:
     """Per-pair checks (in `workers` processes), grouped in order for the dedup."""
-    from runner.pair_checks import check_line, init_worker
-    from runner.parallel import ordered_map, worker_count
+    from runner.data.pair_checks import check_line, init_worker
+    from runner.data.parallel import ordered_map, worker_count
 
     batch, held = [], 0
     with open(source, encoding="utf-8") as lines:
@@ -97,7 +97,7 @@ def _candidate_batches(ctx: StepContext, source, total: int | None, tally: _Tall
 
 
 def _write_report(ctx: StepContext, pairing_stats: dict, stats: dict, tally: _Tally) -> None:
-    from runner.data_report import build_report, render_markdown
+    from runner.data.data_report import build_report, render_markdown
 
     report = build_report(pairing_stats.get("upstream", {}).get("cleaning", {}), pairing_stats,
                           stats, {k: h.as_dict() for k, h in tally.histograms.items()},

@@ -4,7 +4,7 @@ The MXFP4 export runs through Unsloth, whose import patches transformers' GPT-OS
 compiled code that cannot trace compressed-tensors' weight handling; like Unsloth's own quantize
 step, the check therefore runs in a process of its own (as a user loading the folder would).
 
-    python -m runner.export_check CHECKPOINT --prompt "What is a list?" --out DIR
+    python -m runner.infer.export_check CHECKPOINT --prompt "What is a list?" --out DIR
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ def check_in_subprocess(checkpoint: Path, prompt: str, max_new_tokens: int, work
     import torch
 
     work.mkdir(parents=True, exist_ok=True)
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])  # the folder holding the runner package
     search_path = os.pathsep.join([root, *(p for p in sys.path if p and Path(p).is_dir())])
-    done = subprocess.run([sys.executable, "-m", "runner.export_check", str(checkpoint),
+    done = subprocess.run([sys.executable, "-m", "runner.infer.export_check", str(checkpoint),
                            "--prompt", prompt, "--max-new-tokens", str(max_new_tokens),
                            "--out", str(work)], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": search_path})
@@ -38,7 +38,7 @@ def check_in_subprocess(checkpoint: Path, prompt: str, max_new_tokens: int, work
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m runner.export_check", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m runner.infer.export_check", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
     parser.add_argument("--prompt", required=True)
@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from runner.export_tools import load_compressed_checkpoint
-    from runner.generation import (
+    from runner.infer.export_tools import load_compressed_checkpoint
+    from runner.infer.generation import (
         GenerationSettings,
         generate,
         load_tokenizer_from,

@@ -6,9 +6,9 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 
+from runner.data.sentences import cut_at_sentence_end
+from runner.data.text_rules import clean_heading
 from runner.errors import StepError
-from runner.sentences import cut_at_sentence_end
-from runner.text_rules import clean_heading
 
 TEMPLATE_SETTING = "pairing.instruction_template"
 _TITLE_PARTS = re.compile(r"\s+[—–|-]\s+")

@@ -6,9 +6,9 @@ from collections import Counter
 
 from markupsafe import Markup
 
-from runner.report_html import details, join, key_values, number, paragraph, percent, pre, table
-from runner.report_run import RunFolder
-from runner.report_svg import PALETTE, Bar, hbars, histogram
+from runner.reporting.report_html import details, join, key_values, number, paragraph, percent, pre, table
+from runner.reporting.report_run import RunFolder
+from runner.reporting.report_svg import PALETTE, Bar, hbars, histogram
 
 STAGE_LABELS = {"sources": "documents collected", "documents": "documents with text",
                 "sentences": "sentences", "sections": "heading sections", "pairs": "pairs",
@@ -46,7 +46,7 @@ def _middle_stages(run: RunFolder) -> list[dict]:
     data_report = run.json("validation", "data_report.json")
     if data_report:
         return data_report.get("stages", [])
-    from runner.data_report import build_report
+    from runner.data.data_report import build_report
 
     found = {name: run.json(name, "stats.json") for name in ("cleaning", "pairing", "validation")}
     if not any(found.values()):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.errors import StepError
-from runner.harmony_parse import HarmonyParse, parse
+from runner.infer.harmony_parse import HarmonyParse, parse
 
 # Harmony ends an assistant turn with <|return|> (answer done) or <|call|> (tool call);
 # <|end|> only closes the analysis message, so generation must go on past it.

@@ -4,7 +4,7 @@ TARGET is a run folder (runs/NAME: its export/merged_16bit, else export/lora, el
 training/adapter) or a model/adapter folder. The port opens at once and the model loads in a
 background thread; until it is ready, model endpoints answer 503. Invalid requests get 422.
 
-    python -m runner.serve runs/python_docs --port 8000
+    python -m runner.infer.serve runs/python_docs --port 8000
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 
 from runner.errors import StepError
-from runner.serve_api import ChatRequest, GenerateRequest
+from runner.infer.serve_api import ChatRequest, GenerateRequest
 
 RUN_CANDIDATES = ("export/merged_16bit", "export/lora", "training/adapter")
 
@@ -65,7 +65,7 @@ class ModelState:
 
     def load(self) -> None:
         try:
-            from runner.generation import load_path, pick_device
+            from runner.infer.generation import load_path, pick_device
             model, tokenizer = load_path(self.path, device=pick_device())
             self.model, self.tokenizer = model.eval(), tokenizer
             self.status = "ready"
@@ -88,12 +88,12 @@ def _unavailable(state: ModelState):
 
 
 def _prompt(state: ModelState, messages: list[dict], effort: str) -> str:
-    from runner.generation import render_prompt
+    from runner.infer.generation import render_prompt
     return render_prompt(state.tokenizer, "", messages=messages, effort=effort)
 
 
 def _run_generation(state: ModelState, prompt: str, settings, streamer=None):
-    from runner.generation import generate
+    from runner.infer.generation import generate
     with state.lock:
         return generate(state.model, state.tokenizer, prompt, settings, streamer)
 
@@ -124,7 +124,7 @@ def _stream(state: ModelState, request: ChatRequest):
     from fastapi.sse import format_sse_event
     from transformers import TextIteratorStreamer
 
-    from runner.harmony_parse import HarmonyStream
+    from runner.infer.harmony_parse import HarmonyStream
 
     settings = request.generation_settings()
     prompt = _prompt(state, request.message_dicts(), request.reasoning_effort)
@@ -226,7 +226,7 @@ def serve(target: str, host: str = "127.0.0.1", port: int = 8000, quiet: bool = 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m runner.serve", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m runner.infer.serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("target", help="run folder (runs/NAME) or model/adapter folder")
     parser.add_argument("--host", default="127.0.0.1")

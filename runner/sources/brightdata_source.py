@@ -4,7 +4,7 @@ The SDK (as installed) gives the session, auth header, zone listing/creation and
 markdown comes from POST `/request` with `data_format: markdown`, which the SDK's own
 `scrape_url` cannot ask for, so each page is one `engine.post_to_url` call of the real SDK.
 What the SDK does not give - retries, backoff, per-URL outcomes, batch then per-URL fallback -
-comes from `runner.fetching`. The token is read from the environment only, and is never put in
+comes from `runner.sources.fetching`. The token is read from the environment only, and is never put in
 a message, a log line or a file.
 """
 
@@ -19,9 +19,10 @@ import re
 import ssl
 from contextlib import asynccontextmanager
 
-from runner.documents import SourceResult
 from runner.errors import StepError
-from runner.fetching import (
+from runner.secrets import read_env
+from runner.sources.documents import SourceResult
+from runner.sources.fetching import (
     FatalFetchError,
     Fetched,
     FetchFailure,
@@ -29,8 +30,7 @@ from runner.fetching import (
     backoff_delay,
     retry_after_seconds,
 )
-from runner.secrets import read_env
-from runner.web_source import run_web_source
+from runner.sources.web_source import run_web_source
 
 TOKEN_PAGE = "https://brightdata.com/cp/setting/users"
 

@@ -8,7 +8,7 @@ version of the same function in its place.
 from __future__ import annotations
 
 from runner.errors import StepError
-from runner.train_common import gradient_checkpointing, lora_targets
+from runner.train.train_common import gradient_checkpointing, lora_targets
 
 
 class TorchLogProbHead:

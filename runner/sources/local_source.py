@@ -14,8 +14,14 @@ from collections import Counter
 from pathlib import Path
 
 from runner.artifacts import hash_file
-from runner.documents import SourceResult, convert_html_files, document_id, make_document, markdown_title
 from runner.errors import StepError
+from runner.sources.documents import (
+    SourceResult,
+    convert_html_files,
+    document_id,
+    make_document,
+    markdown_title,
+)
 
 FORMATS_BY_SUFFIX = {".html": "html", ".htm": "html", ".xhtml": "html", ".md": "markdown",
                      ".markdown": "markdown", ".rst": "rst", ".rest": "rst", ".txt": "text",
@@ -119,9 +125,9 @@ def _documents(files: list[Path], entry: dict, recipe_dir: Path, bar):
 
 def _as_markdown(text: str, kind: str) -> str:
     if kind == "rst":
-        from runner.rst_markdown import rst_to_markdown
+        from runner.sources.rst_markdown import rst_to_markdown
         return rst_to_markdown(text)
-    from runner.html_markdown import tidy_markdown
+    from runner.sources.html_markdown import tidy_markdown
     return tidy_markdown(text)
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from runner.documents import SourceResult
-from runner.fetching import Fetched, FetchFailure, FetchPolicy, retry_after_seconds
-from runner.web_source import run_web_source
+from runner.sources.documents import SourceResult
+from runner.sources.fetching import Fetched, FetchFailure, FetchPolicy, retry_after_seconds
+from runner.sources.web_source import run_web_source
 
 # What a page may be; anything else (PDF, images, JSON) is a failed URL, not a document.
 HTML_TYPES = ("text/html", "application/xhtml+xml")

@@ -12,7 +12,7 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 
-from runner.dedup import ExactDedup
+from runner.data.dedup import ExactDedup
 
 # The hand-run workflow's final filter: ASCII letters, digits, whitespace and . , ? ! only.
 _OUTSIDE_CHARSET = re.compile(r"[^a-zA-Z0-9\s\.,?!]")
@@ -68,7 +68,7 @@ class Deduplicator:
         near = settings["near_dedup"]
         self.near = None
         if near["enabled"]:
-            from runner.dedup import NearDedup
+            from runner.data.dedup import NearDedup
             self.near = NearDedup(near["threshold"], near["num_perm"], near["shingle_size"])
 
     def kept(self, batch: list[Candidate], dropped: Counter) -> Iterator[Candidate]:

@@ -48,7 +48,7 @@ def markdown_title(markdown: str, fallback: str) -> str:
 def convert_html_files(items: list[tuple[Path, str]], main_content: bool,
                        progress=None) -> Iterator[tuple[str, str]]:
     """(path, encoding) pairs -> (title, markdown) per file, in order, on every core."""
-    from runner.parallel import ordered_map, worker_count
+    from runner.data.parallel import ordered_map, worker_count
 
     jobs = [(str(path), encoding, main_content) for path, encoding in items]
     workers = min(worker_count(0), len(jobs)) if len(jobs) >= POOL_THRESHOLD else 1
@@ -69,7 +69,7 @@ def _ticked(results: Iterable, progress) -> Iterator:
 
 
 def _convert_file(job: tuple[str, str, bool]) -> tuple[str, str]:
-    from runner.html_markdown import html_to_markdown
+    from runner.sources.html_markdown import html_to_markdown
 
     path, encoding, main_content = job
     html = Path(path).read_text(encoding=encoding, errors="replace")
@@ -79,7 +79,7 @@ def _convert_file(job: tuple[str, str, bool]) -> tuple[str, str]:
 def web_documents(outcomes, cache, source: str, main_content: bool = True,
                   progress=None) -> Iterator[dict]:
     """Documents from the cached bodies of the pages fetched (or found cached), in URL order."""
-    from runner.html_markdown import tidy_markdown
+    from runner.sources.html_markdown import tidy_markdown
 
     pages = [(o, cache.get(o.url)) for o in outcomes if o.status in ("fetched", "cached")]
     pages = [(o, meta) for o, meta in pages if meta is not None]

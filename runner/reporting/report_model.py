@@ -4,10 +4,21 @@ from __future__ import annotations
 
 from markupsafe import Markup
 
-from runner.report_data import missing, notice
-from runner.report_html import badge, details, duration, join, key_values, number, paragraph, pre, size, table
-from runner.report_run import RunFolder
-from runner.report_svg import PALETTE, Bar, Series, hbars, line_chart, thin
+from runner.reporting.report_data import missing, notice
+from runner.reporting.report_html import (
+    badge,
+    details,
+    duration,
+    join,
+    key_values,
+    number,
+    paragraph,
+    pre,
+    size,
+    table,
+)
+from runner.reporting.report_run import RunFolder
+from runner.reporting.report_svg import PALETTE, Bar, Series, hbars, line_chart, thin
 
 GIB = "GiB"
 

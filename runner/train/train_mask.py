@@ -1,6 +1,6 @@
 """Loss labels for training rows, and the check of the trainer's real collated batches.
 
-The labels come from `runner.loss_mask` (the same functions the chat_template step verified its
+The labels come from `runner.chat.loss_mask` (the same functions the chat_template step verified its
 mask report with). Before training starts, a few batches straight from the trainer's data loader
 are compared with them: every trained token must be one the reference marks, and the trained
 tokens of a one-answer row must decode to exactly that answer plus its end token.
@@ -8,8 +8,7 @@ tokens of a one-answer row must decode to exactly that answer plus its end token
 
 from __future__ import annotations
 
-from runner.errors import StepError
-from runner.loss_mask import (
+from runner.chat.loss_mask import (
     IGNORE,
     encode_with_spans,
     labels_problem,
@@ -17,6 +16,7 @@ from runner.loss_mask import (
     tokenize_row,
     trained_text,
 )
+from runner.errors import StepError
 
 
 def encode_row(row: dict, tokenizer, chat: dict, *, limit: int, responses_only: bool) -> dict:

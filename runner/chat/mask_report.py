@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runner.loss_mask import trained_text
+from runner.chat.loss_mask import trained_text
 
 
 def build_report(rows, tokenizer, settings: dict, counts: dict, template: dict) -> dict:

@@ -45,7 +45,7 @@ class ChatRequest(BaseModel):
     def generation_settings(self):
         import random
 
-        from runner.generation import GenerationSettings
+        from runner.infer.generation import GenerationSettings
         return GenerationSettings(
             max_new_tokens=self.max_completion_tokens or self.max_tokens or 256,
             temperature=self.temperature, top_p=self.top_p, do_sample=self.temperature > 0,

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 
-from runner.page_cache import PageCache
+from runner.sources.page_cache import PageCache
 
 MAX_DELAY_S = 300.0
 

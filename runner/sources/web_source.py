@@ -6,10 +6,10 @@ import asyncio
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
-from runner.documents import SourceResult, web_documents
 from runner.errors import StepError
-from runner.fetching import FatalFetchError, FetchOne, FetchPolicy, Outcome, collect, summarize
-from runner.page_cache import PageCache
+from runner.sources.documents import SourceResult, web_documents
+from runner.sources.fetching import FatalFetchError, FetchOne, FetchPolicy, Outcome, collect, summarize
+from runner.sources.page_cache import PageCache
 
 SHOWN_FAILURES = 5
 

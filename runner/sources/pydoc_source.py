@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 from runner.artifacts import hash_file
-from runner.documents import SourceResult, document_id, make_document
 from runner.errors import StepError
+from runner.sources.documents import SourceResult, document_id, make_document
 
 
 def run_pydoc(ctx, entry: dict, index: int) -> SourceResult:

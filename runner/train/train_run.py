@@ -14,7 +14,7 @@ from pathlib import Path
 
 from runner.artifacts import write_json, write_jsonl
 from runner.errors import StepError
-from runner.train_common import (
+from runner.train.train_common import (
     Plan,
     checkpoint_root,
     checkpoint_step,
@@ -26,7 +26,7 @@ from runner.train_common import (
     split_rows,
     unsloth_installed,
 )
-from runner.train_metrics import (
+from runner.train.train_metrics import (
     loss_summary,
     metrics_callback,
     peak_memory,
@@ -86,7 +86,7 @@ class Job:
         """Pre-tokenized rows; labels keep only the assistant answers when asked."""
         from datasets import Dataset
 
-        from runner.train_mask import encode_row
+        from runner.train.train_mask import encode_row
 
         def encode(rows, split):
             if not rows:
@@ -160,9 +160,9 @@ def run_training(ctx, backend: str) -> dict:
 
 def _backend(name: str):
     if name == "hf":
-        from runner import train_hf
+        from runner.train import train_hf
         return train_hf
-    from runner import train_unsloth
+    from runner.train import train_unsloth
     return train_unsloth
 
 
@@ -178,7 +178,7 @@ def verify_batches(trainer, tokenizer, job: Job) -> dict:
     if not job.training["train_on_responses_only"]:
         job.ctx.log("train_on_responses_only is false: every token is trained")
         return {"checked": False}
-    from runner.train_mask import BatchChecker
+    from runner.train.train_mask import BatchChecker
 
     checker = BatchChecker(tokenizer, job.chat, job.train_rows, job.limit)
     loader = iter(trainer.get_train_dataloader())

@@ -19,9 +19,9 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from runner.md_sections import heading_paths, split_sections
-from runner.sentences import SPLITTERS, SentenceFilter
-from runner.text_rules import apply_rules, build_rules, clean_heading
+from runner.data.md_sections import heading_paths, split_sections
+from runner.data.sentences import SPLITTERS, SentenceFilter
+from runner.data.text_rules import apply_rules, build_rules, clean_heading
 
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
 _LIST_ITEM = re.compile(r"\n(?=[ \t]*(?:[-*+]|\d+[.)])[ \t])")

@@ -5,7 +5,7 @@ export sizes, with inline SVG plots and inline CSS (no network, no JavaScript). 
 not run gets the reason instead of a blank; a section whose artifacts cannot be read says so
 without taking the rest of the report down.
 
-    python -m runner.report RUN_DIR
+    python -m runner.reporting.report RUN_DIR
 """
 
 from __future__ import annotations
@@ -21,11 +21,21 @@ from pathlib import Path
 from markupsafe import Markup
 
 from runner.plan import COMPLETE
-from runner.report_data import funnel_section, lengths_section, mask_section
-from runner.report_html import CSS, badge, details, duration, join, key_values, paragraph, pre, table
-from runner.report_model import evaluation_section, export_section, training_section
-from runner.report_run import RunFolder
-from runner.report_svg import PALETTE, Bar, hbars
+from runner.reporting.report_data import funnel_section, lengths_section, mask_section
+from runner.reporting.report_html import (
+    CSS,
+    badge,
+    details,
+    duration,
+    join,
+    key_values,
+    paragraph,
+    pre,
+    table,
+)
+from runner.reporting.report_model import evaluation_section, export_section, training_section
+from runner.reporting.report_run import RunFolder
+from runner.reporting.report_svg import PALETTE, Bar, hbars
 
 STATUS_COLOR = {"ran": PALETTE[0], "failed": PALETTE[4], "running": PALETTE[1]}
 
@@ -53,7 +63,7 @@ def render_page(run: RunFolder) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         '<title>Run report: {name}</title><style>{css}</style></head>'
         '<body><main>{header}<nav>{nav}</nav>{sections}'
-        '<p class="note">Written {now} by runner.report from {folder}.</p></main></body></html>\n').format(
+        '<p class="note">Written {now} by runner.reporting.report from {folder}.</p></main></body></html>\n').format(
         name=run.name, css=Markup(CSS), header=_guarded(header_section, run), nav=nav, sections=join(sections),
         now=time.strftime("%Y-%m-%d %H:%M:%S"), folder=str(run.path)))
 
@@ -158,7 +168,7 @@ def timings_section(run: RunFolder) -> Markup:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m runner.report",
+    parser = argparse.ArgumentParser(prog="python -m runner.reporting.report",
                                      description="Write RUN_DIR/report.html for a run folder.")
     parser.add_argument("run_dir", help="a run folder, e.g. runs/<recipe name>")
     args = parser.parse_args(argv)

@@ -1,0 +1,1 @@
+"""Chat rendering and the response-only loss mask with its verification."""

@@ -1,0 +1,1 @@
+"""Generation, harmony parsing, export tools and the HTTP server."""

@@ -1,0 +1,1 @@
+"""Readers behind the sources step: Bright Data, HTTP, local files, pydoc; fetching and HTML conversion."""

@@ -1,0 +1,1 @@
+"""Training backends (hf, unsloth) and what they share: settings, mask check, metrics, resume."""
