@@ -62,3 +62,10 @@ def test_diff_and_init_share_recipes(tmp_path):
     assert made.returncode == 0, made.stderr
     assert run_cli("validate", tmp_path / "mine.yaml").returncode == 0
     assert run_cli("init", "mine", "--dir", tmp_path).returncode == 2  # never overwrites
+
+
+def test_readme_tree_lists_every_file():
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    readme = (ROOT / "README.md").read_text()
+    missing = [f for f in tracked if not f.startswith("tests/broken/") and f"\n{f} " not in readme]
+    assert not missing, f"add these to the README tree: {missing}"
