@@ -40,6 +40,10 @@ CORPUS_FILES = ("textwrap.py", "string.py", "argparse.py", "json/__init__.py", "
                 "shutil.py", "subprocess.py", "logging/__init__.py", "asyncio/tasks.py",
                 "datetime.py", "inspect.py", "unittest/case.py", "difflib.py", "heapq.py")
 
+# Llama 3.x long-context RoPE scaling, shared by the Llama presets.
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+
 PRESETS = {
     "gpt_oss": {
         "gpt-oss-20b": dict(num_hidden_layers=24, hidden_size=2880, intermediate_size=2880,
@@ -56,18 +60,12 @@ PRESETS = {
                              num_attention_heads=32, num_key_value_heads=8, head_dim=64,
                              vocab_size=128256, tie_word_embeddings=True, rms_norm_eps=1e-5,
                              max_position_embeddings=131072,
-                             rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0,
-                                              "factor": 32.0, "low_freq_factor": 1.0,
-                                              "high_freq_factor": 4.0,
-                                              "original_max_position_embeddings": 8192}),
+                             rope_parameters=LLAMA3_ROPE),
         "llama-3.2-3b": dict(num_hidden_layers=28, hidden_size=3072, intermediate_size=8192,
                              num_attention_heads=24, num_key_value_heads=8, head_dim=128,
                              vocab_size=128256, tie_word_embeddings=True, rms_norm_eps=1e-5,
                              max_position_embeddings=131072,
-                             rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0,
-                                              "factor": 32.0, "low_freq_factor": 1.0,
-                                              "high_freq_factor": 4.0,
-                                              "original_max_position_embeddings": 8192}),
+                             rope_parameters=LLAMA3_ROPE),
     },
 }
 DEFAULT_SHAPE = dict(num_hidden_layers=2, hidden_size=64, num_local_experts=4, vocab_size=2048)

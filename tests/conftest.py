@@ -21,3 +21,14 @@ def run_cli(*args, cwd=None, env=None, timeout=600) -> subprocess.CompletedProce
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """The tiny model gains nothing from threads, and spinning OpenMP threads on a busy
+    2-core machine slow it down a hundredfold."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

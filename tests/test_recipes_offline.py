@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, run_cli
 
-from runner.artifacts import read_jsonl
+from runner.artifacts import read_json, read_jsonl
 
 DOCS = Path("/usr/share/doc/python3.11/html")
 HTML_TAG = re.compile(r"<[^>\n]+>")
@@ -34,3 +34,5 @@ def test_offline_recipe_data_half_meets_the_bar(tmp_path):
         assert pair["provenance"]["document_id"]
     tutorial_topics = [p for p in pairs if "tutorial" in p["instruction"].lower()]
     assert tutorial_topics, "the tutorial pages contribute pairs too"
+    report = read_json(tmp_path / "python_docs_offline" / "validation" / "data_report.json")
+    assert report["stages"][-1]["out"] == len(pairs)

@@ -18,16 +18,7 @@ from training_helpers import (
 from runner.chat.loss_mask import IGNORE, response_only_labels, tokenize_row
 from runner.errors import StepError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The tiny model gains nothing from threads, and spinning OpenMP threads on a busy
-    2-core machine slow it down a hundredfold."""
-    import torch
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):

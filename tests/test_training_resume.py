@@ -24,15 +24,7 @@ run_step(make_ctx(Path(sys.argv[1]), fast_training(**{SETTINGS})))
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The tiny model gains nothing from threads, and spinning OpenMP threads on a busy
-    2-core machine slow it down a hundredfold."""
-    import torch
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _kill_after_first_checkpoint(tmp, root) -> str:
     child = subprocess.Popen([PYTHON, "-c", CHILD, str(tmp)], env=subprocess_env(),
