@@ -105,30 +105,31 @@ def completion(step_dir: Path) -> dict | None:
 def describe(plan: list[PlannedStep], run_dir: Path, recipe_dir: Path, force: set,
              first: int, last: int) -> list[tuple[str, str, str]]:
     """(step, action, reason) for each step, as `recipe plan` shows it."""
-    rows, hashes, upstream_changes = [], {}, False
+    rows, hashes, running = [], {}, set()
     for index, item in enumerate(plan):
         record = completion(run_dir / item.name)
         label = f"{item.name} ({SELECTOR.get(item.name, 'type')}={item.spec.kind})"
         if index > last:
             rows.append((label, "stop", "after --until"))
             continue
+        hashes[item.name] = record and record.get("content_hash")
         if index < first:
             action = "use" if record else "missing"
             rows.append((label, action, "before --from" + ("" if record else ": run it first")))
-            hashes[item.name] = record and record.get("content_hash")
             continue
-        key = None if upstream_changes else item.key(hashes, recipe_dir)
+        changed_inputs = running & set(item.spec.inputs)
         if item.name in force or "*" in force:
-            reason, run = "forced", True
+            reason = "forced"
         elif record is None:
-            reason, run = "never ran (or did not finish)", True
-        elif key is None:
-            reason, run = "an input step runs first; skipped then if its inputs come out unchanged", True
-        elif record.get("key") != key:
-            reason, run = "settings, inputs or code changed", True
+            reason = "never ran (or did not finish)"
+        elif changed_inputs:
+            reason = (f"{', '.join(sorted(changed_inputs))} runs first; skipped then if "
+                      "its output comes out unchanged")
+        elif record.get("key") != item.key(hashes, recipe_dir):
+            reason = "settings, inputs or code changed"
         else:
-            reason, run = "didn't change", False
-        rows.append((label, "run" if run else "skip", reason))
-        upstream_changes |= run
-        hashes[item.name] = record and record.get("content_hash")
+            rows.append((label, "skip", "didn't change"))
+            continue
+        rows.append((label, "run", reason))
+        running.add(item.name)
     return rows
