@@ -19,9 +19,10 @@ PACKAGES = ("pyyaml", "jsonschema", "jinja2", "click", "torch", "transformers", 
             "datasets", "accelerate", "unsloth", "bitsandbytes", "brightdata-sdk", "trafilatura")
 
 
-def package_versions() -> dict[str, str | None]:
+def package_versions(names=PACKAGES) -> dict[str, str | None]:
+    """Installed versions by distribution name (None where absent), read without importing."""
     versions = {}
-    for name in PACKAGES:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

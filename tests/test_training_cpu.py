@@ -11,6 +11,7 @@ from training_helpers import (
     make_ctx,
     read_jsonl,
     run_step,
+    run_step_capturing_log,
     tiny_model,
     write_dataset,
 )
@@ -25,15 +26,8 @@ def trained(tmp_path_factory):
     """One auto-backend run with an eval split, shared by the assertions below."""
     tmp = tmp_path_factory.mktemp("train")
     ctx = make_ctx(tmp, fast_training(backend="auto", eval_fraction=0.125, eval_steps=4))
-    import io
-    import sys
-    captured, stderr = io.StringIO(), sys.stderr
-    sys.stderr = captured
-    try:
-        metrics = run_step(ctx)
-    finally:
-        sys.stderr = stderr
-    return ctx, metrics, captured.getvalue()
+    metrics, log = run_step_capturing_log(ctx)
+    return ctx, metrics, log
 
 
 def test_auto_chooses_hf_on_cpu_and_says_so(trained):

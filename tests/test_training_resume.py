@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import io
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
-from training_helpers import PYTHON, fast_training, make_ctx, read_jsonl, run_step, subprocess_env
+from training_helpers import (
+    PYTHON,
+    fast_training,
+    make_ctx,
+    read_jsonl,
+    run_step_capturing_log,
+    subprocess_env,
+)
 
 from runner.train.train_common import checkpoint_step, latest_checkpoint
 
@@ -52,13 +57,8 @@ def test_killed_training_resumes_from_its_latest_checkpoint(tmp_path):
     assert 10 <= resumed_step < STEPS
 
     ctx = make_ctx(tmp_path, fast_training(**SETTINGS))
-    log, stderr = io.StringIO(), sys.stderr
-    sys.stderr = log
-    try:
-        metrics = run_step(ctx)
-    finally:
-        sys.stderr = stderr
-    assert f"resuming from checkpoint-{resumed_step} (step {resumed_step})" in log.getvalue()
+    metrics, log = run_step_capturing_log(ctx)
+    assert f"resuming from checkpoint-{resumed_step} (step {resumed_step})" in log
     assert metrics["resumed_from_step"] == resumed_step and metrics["steps"] == STEPS
     steps = [row["step"] for row in read_jsonl(ctx.out_dir / "metrics.jsonl") if "loss" in row]
     assert steps == list(range(1, STEPS + 1))   # each step once: the killed tail was dropped

@@ -80,6 +80,16 @@ def run_step(ctx: StepContext) -> dict:
     return registered()[("training", ctx.settings["backend"])].func(ctx)
 
 
+def run_step_capturing_log(ctx: StepContext) -> tuple[dict, str]:
+    """run_step, plus what the step logged (ctx.log writes to stderr)."""
+    import contextlib
+    import io
+    log = io.StringIO()
+    with contextlib.redirect_stderr(log):
+        metrics = run_step(ctx)
+    return metrics, log.getvalue()
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 

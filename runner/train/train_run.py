@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 from runner.artifacts import write_json, write_jsonl
 from runner.errors import StepError
+from runner.manifest import package_versions
 from runner.train.train_common import (
     Plan,
     checkpoint_root,
@@ -223,17 +223,6 @@ def _parameter_counts(model) -> dict:
             "trainable_pct": round(100 * trainable / max(total, 1), 4)}
 
 
-def _versions() -> dict:
-    names = ("torch", "transformers", "trl", "peft", "unsloth", "bitsandbytes")
-    found = {}
-    for name in names:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
-
-
 def _summary(trainer, job: Job, callback, mask: dict, resumed_step: int | None) -> dict:
     from runner.models import resolve_model
 
@@ -249,5 +238,5 @@ def _summary(trainer, job: Job, callback, mask: dict, resumed_step: int | None) 
         "resumed_from_step": resumed_step,
         **loss_summary(rows), **callback.throughput, **peak_memory(),
         "optim": plan.optim, "fp16": plan.fp16, "bf16": plan.bf16, "notes": plan.notes,
-        "mask": mask, "versions": _versions(),
+        "mask": mask, "versions": package_versions(("torch", "transformers", "trl", "peft", "unsloth", "bitsandbytes")),
     }
