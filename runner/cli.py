@@ -72,6 +72,7 @@ def run(recipe, overrides, start, stop, force, run_dir, quiet):
     from runner.plan import build_plan
     loaded = _load(recipe, overrides)
     target = _run_dir(loaded, run_dir)
+    _refuse_preflight(loaded, target, start, stop, force)
     if "training" in loaded.data:
         # Unsloth must patch transformers/trl before any step imports them
         from runner.train.train_common import preload_unsloth
@@ -89,6 +90,23 @@ def run(recipe, overrides, start, stop, force, run_dir, quiet):
     summary = ", ".join(f"{name} {info['status']}" for name, info in steps.items())
     report = _write_report(target)
     click.echo(f"run finished: {summary}\nartifacts: {target}" + (f"\nreport: {report}" if report else ""))
+
+
+def _planned(loaded, target: Path, start, stop, force) -> list[tuple[str, str, str]]:
+    from runner.plan import build_plan, describe, select
+    steps = build_plan(loaded.data)
+    try:
+        first, last = select(steps, start, stop)
+    except PlanError as exc:
+        _fail(f"error: {exc}", 2)
+    return describe(steps, target, loaded.path.parent, set(force), first, last)
+
+
+def _refuse_preflight(loaded, target: Path, start, stop, force) -> None:
+    from runner.preflight import format_problems, preflight
+    problems = preflight(loaded, _planned(loaded, target, start, stop, force))
+    if problems:
+        _fail(format_problems(problems) + "\nnothing was run", 2)
 
 
 def _write_report(run_dir: Path) -> Path | None:
@@ -111,18 +129,16 @@ def _write_report(run_dir: Path) -> Path | None:
 @click.option("--force", "force", multiple=True, is_flag=False, flag_value="*", metavar="[STEP]")
 @click.option("--run-dir", default="runs", show_default=True, help=RUN_DIR_HELP)
 def plan(recipe, overrides, start, stop, force, run_dir):
-    """Show what `run` would execute or skip, and why."""
-    from runner.plan import build_plan, describe, select
+    """Show what `run` would execute or skip, and why, and what would stop it here."""
+    from runner.preflight import format_problems, preflight
     loaded = _load(recipe, overrides)
-    steps = build_plan(loaded.data)
-    try:
-        first, last = select(steps, start, stop)
-    except PlanError as exc:
-        _fail(f"error: {exc}", 2)
-    rows = describe(steps, _run_dir(loaded, run_dir), loaded.path.parent, set(force), first, last)
+    rows = _planned(loaded, _run_dir(loaded, run_dir), start, stop, force)
     width = max(len(r[0]) for r in rows)
     for label, action, reason in rows:
         click.echo(f"{label:<{width}}  {action:<7} {reason}")
+    problems = preflight(loaded, rows)
+    if problems:
+        _fail(format_problems(problems), 2)
 
 
 @main.command()
@@ -130,8 +146,9 @@ def plan(recipe, overrides, start, stop, force, run_dir):
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
 def show(recipe, overrides):
     """Print the resolved recipe with each value's origin (secrets stay ${env:NAME})."""
-    from runner.show import render
-    click.echo(render(_load(recipe, overrides)), nl=False)
+    from runner.show import chat_markers_note, render
+    loaded = _load(recipe, overrides)
+    click.echo(render(loaded) + chat_markers_note(loaded), nl=False)
 
 
 @main.command()

@@ -109,9 +109,13 @@ def test_response_marker_that_never_appears_stops_the_run(run_step):
     assert "3 of 3 rows" in message
 
 
-def test_missing_end_token_is_caught(run_step):
-    with pytest.raises(StepError, match=r"row 0 \(document doc0+, https://x/0, Tutorial\): end_token '<\|eot_id\|>' never appears"):
+def test_end_token_other_than_the_templates_is_refused(run_step):
+    with pytest.raises(StepError) as error:
         run_step(end_token="<|eot_id|>")
+    message = str(error.value)
+    assert "chat_template.end_token is '<|eot_id|>' but the template ends the assistant turn " \
+           "with '<|return|>'" in message
+    assert "which is 6 tokens, not one token" in message
 
 
 def test_channel_fix_and_custom_fixes(run_step, tmp_path):

@@ -96,6 +96,26 @@ def render(messages: list[dict], tokenizer, template: str, settings: dict) -> Re
     return Rendered(texts[0], [tuple(s) for s in spans[0]] if spans else [])
 
 
+def template_renderer(tokenizer, template: str, settings: dict, rules: list[dict]):
+    """messages -> rendered and fixed text, as rows are (for reading the template's markers)."""
+    plain = {**settings, "mask": "markers"}
+    return lambda messages: apply_fixes(render(messages, tokenizer, template, plain), rules)[0].text
+
+
+def end_at_end_token(rendered: Rendered, end_token: str) -> Rendered:
+    """The row cut right after its final end-of-turn token when only white space follows.
+
+    Templates write a newline after the closing token (ChatML's `<|im_end|>\n`); the trained
+    span must end at the token the model stops at, and the newline would be trained as part of it.
+    """
+    text = rendered.text
+    at = text.rfind(end_token) if end_token else -1
+    if at == -1 or text[at + len(end_token):].strip():
+        return rendered
+    end = at + len(end_token)
+    return Rendered(text[:end], [(a, min(b, end)) for a, b in rendered.spans if a < end])
+
+
 def fix_rules(settings: dict) -> list[dict]:
     rules = [CHANNEL_FIX] if settings.get("channel_fix", True) else []
     return rules + [{"unless_contains": "", **rule} for rule in settings.get("fixes") or []]

@@ -26,6 +26,9 @@ def build_report(rows, tokenizer, settings: dict, counts: dict, template: dict) 
         "every_row_verified": True,
         "mask": {key: settings[key] for key in ("mask", "instruction_part", "response_part",
                                                 "end_token")},
+        "markers": {key: {"value": settings[key], "from": settings.get(f"{key}_from", "recipe")}
+                    for key in ("instruction_part", "response_part", "end_token")},
+        "template_kind": settings.get("template_kind", "harmony"),
         "rendering": {key: settings[key] for key in ("reasoning_effort", "current_date",
                                                      "system_prompt")},
         "template": template,
@@ -48,7 +51,17 @@ def _fence(text: str) -> str:
 
 def _cell(text: str) -> str:
     # GitHub tables split cells at every "|", even inside code spans, unless it is escaped.
-    return f"`{text}`".replace("|", "\\|")
+    # A newline would end the table row; show it the way the markers are written in YAML.
+    return f"`{text}`".replace("|", "\\|").replace("\n", "\\n")
+
+
+def _origins(report: dict) -> str:
+    markers = report.get("markers") or {}
+    read = [key for key, entry in markers.items() if entry["from"] == "template"]
+    given = [key for key, entry in markers.items() if entry["from"] != "template"]
+    parts = ([f"read off the {report.get('template_kind', '')} template: {', '.join(read)}"]
+             if read else []) + ([f"set in the recipe: {', '.join(given)}"] if given else [])
+    return "; ".join(parts) or "set in the recipe"
 
 
 def render_markdown(report: dict) -> str:
@@ -67,7 +80,8 @@ exactly the assistant answer followed by `{mask['end_token']}`.
 | over max_seq_length | {report['overlong']} (dropped {report['dropped_overlong']}, truncated {report['truncated']}, dropped after truncation {report['dropped_truncated_without_answer']}) |
 | tokens trained / total | {report['tokens_trained']} / {report['tokens_total']} ({report['share_trained']:.1%}) |
 | average text length | {report['avg_text_chars']:.0f} chars, {report['avg_tokens']:.0f} tokens (max {report['max_tokens']}) |
-| mask | {mask['mask']}: instruction_part {_cell(mask['instruction_part'])}, response_part {_cell(mask['response_part'])} |
+| mask | {mask['mask']}: instruction_part {_cell(mask['instruction_part'])}, response_part {_cell(mask['response_part'])}, end_token {_cell(mask['end_token'])} |
+| markers | {_origins(report)} |
 | template | {report['template']['source']} (sha256 {report['template']['sha256'][:12]}) |
 | date / reasoning | {report['rendering']['current_date']} / {report['rendering']['reasoning_effort']} |
 

@@ -12,10 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.artifacts import hash_bytes, hash_file, read_jsonl, write_json, write_jsonl
+from runner.chat.resolved import CHAT_FILE
 from runner.errors import StepError
 from runner.registry import StepContext, step
 
 SHOWN_ROWS = 3  # offending rows shown in an error
+# What chat.json records for later steps: the markers in effect and where each came from.
+CHAT_KEYS = ("mask", "template_kind", "instruction_part", "response_part", "end_token",
+             "instruction_part_from", "response_part_from", "end_token_from", "require",
+             "channel_fix", "stop_tokens")
 
 
 @dataclass
@@ -43,32 +48,68 @@ def _fingerprint(settings: dict, recipe_dir: Path):
 
 
 @step("chat_template", inputs=["validation"], uses=("model",),
-      outputs=["dataset.jsonl", "mask_report.json", "mask_report.md", "chat_template.jinja"],
-      version=1, fingerprint=_fingerprint)
+      outputs=["dataset.jsonl", "mask_report.json", "mask_report.md", "chat_template.jinja",
+               CHAT_FILE],
+      version=2, fingerprint=_fingerprint)
 def chat_template(ctx: StepContext) -> dict:
-    """Render pairs with the chat template, fix, check, and verify the loss mask of every row."""
+    """Render pairs with the chat template, fix, check, and verify the loss mask of every row.
+    Markers left on "auto" are read off the template; chat.json holds the ones in effect."""
     from runner.chat.chat_format import resolve_template
     from runner.models import load_tokenizer
 
-    settings, model = ctx.settings, ctx.sections["model"]
-    _check_markers(settings)
+    model = ctx.sections["model"]
     pairs = list(read_jsonl(ctx.inputs["validation"] / "pairs.jsonl"))
     if not pairs:
         raise StepError("validation/pairs.jsonl has no pairs: nothing to format; check the "
                         "counts of the earlier steps")
     tokenizer = load_tokenizer(model, ctx.recipe_dir)
-    template, source = resolve_template(settings, tokenizer, ctx.recipe_dir)
-    ctx.log(f"template: {source}; mask: {settings['mask']}")
-    rows, fix_counts = _render_rows(ctx, pairs, tokenizer, template)
+    template, source = resolve_template(ctx.settings, tokenizer, ctx.recipe_dir)
+    settings = _effective_settings(ctx, tokenizer, template)
+    ctx.log(f"template: {source}; mask: {settings['mask']}; {settings['template_kind']} markers "
+            f"{settings['instruction_part']!r} / {settings['response_part']!r} / "
+            f"{settings['end_token']!r}")
+    rows, fix_counts = _render_rows(ctx, settings, pairs, tokenizer, template)
     _check_format(rows, settings)
-    _label_and_verify(ctx, rows, tokenizer)
+    _label_and_verify(ctx, settings, rows, tokenizer)
     kept, overlong = _fit_length(rows, tokenizer, settings, int(model["max_seq_length"]))
     if not kept:
         raise StepError(f"every row is longer than model.max_seq_length "
                         f"({model['max_seq_length']} tokens): raise it, or set "
                         "chat_template.overlong: truncate")
-    return _write_outputs(ctx, kept, tokenizer, template, source,
+    return _write_outputs(ctx, settings, kept, tokenizer, template, source,
                           {"rows_in": len(pairs), "fixes": fix_counts, **overlong})
+
+
+def _effective_settings(ctx, tokenizer, template: str) -> dict:
+    """The section with its "auto" markers, checks and fixes resolved from the template, after
+    checking that the template's end-of-turn token is one the model stops generating at."""
+    from runner.chat.chat_format import fix_rules, template_renderer
+    from runner.chat.template_markers import derive_markers, end_token_problem, resolve_markers
+    from runner.models import stop_token_ids
+
+    specials = special_tokens(tokenizer)
+    # Read once as written (is it harmony? that decides the channel fix), then as fixed: the
+    # markers must be the ones the fixed rows carry.
+    raw = derive_markers(template_renderer(tokenizer, template, ctx.settings, []), specials)
+    rules = fix_rules({**ctx.settings, **resolve_markers(ctx.settings, raw)[0]})
+    derived = (derive_markers(template_renderer(tokenizer, template, ctx.settings, rules), specials)
+               if rules else raw)
+    resolved, conflicts = resolve_markers(ctx.settings, derived)
+    settings = {**ctx.settings, **resolved}
+    _check_markers(settings)
+    stop_ids = stop_token_ids(ctx.sections["model"], ctx.recipe_dir, tokenizer)
+    problem = end_token_problem(settings["end_token"], tokenizer, stop_ids)
+    if conflicts or problem:
+        raise StepError("chat_template: the chat settings cannot train this model correctly:\n  - "
+                        + "\n  - ".join(conflicts + ([problem] if problem else []))
+                        + f"\n  (markers read off the template: {derived.as_dict()})")
+    settings["stop_tokens"] = [tokenizer.convert_ids_to_tokens(i) for i in stop_ids]
+    return settings
+
+
+def special_tokens(tokenizer) -> list[str]:
+    added = [token.content for token in tokenizer.added_tokens_decoder.values() if token.special]
+    return sorted(set(added) | set(tokenizer.all_special_tokens))
 
 
 def _check_markers(settings: dict) -> None:
@@ -76,15 +117,15 @@ def _check_markers(settings: dict) -> None:
                                                  if settings["mask"] == "markers" else ()):
         if not settings.get(key):
             raise StepError(f"chat_template.{key} is empty: set it to the text the template "
-                            "writes there (see mask_report.md of a run for an example row)")
+                            "writes there, or \"auto\" to read it off the template")
 
 
-def _render_rows(ctx, pairs, tokenizer, template) -> tuple[list[Row], list[dict]]:
+def _render_rows(ctx, settings, pairs, tokenizer, template) -> tuple[list[Row], list[dict]]:
     from jinja2 import TemplateError
 
-    from runner.chat.chat_format import apply_fixes, build_messages, fix_rules, render
+    from runner.chat.chat_format import apply_fixes, build_messages, end_at_end_token, fix_rules, render
 
-    settings, rules = ctx.settings, fix_rules(ctx.settings)
+    rules = fix_rules(settings)
     counts = [0] * len(rules)
     rows = []
     for index, pair in enumerate(ctx.progress(pairs, total=len(pairs), desc="render", unit="row")):
@@ -94,7 +135,7 @@ def _render_rows(ctx, pairs, tokenizer, template) -> tuple[list[Row], list[dict]
         except TemplateError as error:
             raise StepError(f"the chat template failed on row {index} "
                             f"({_where(pair)}): {error}") from error
-        rendered, fired = apply_fixes(rendered, rules)
+        rendered, fired = apply_fixes(end_at_end_token(rendered, settings["end_token"]), rules)
         for rule in fired:
             counts[rule] += 1
         rows.append(Row(index, pair, messages, rendered.text, rendered.spans))
@@ -124,11 +165,10 @@ def _check_format(rows: list[Row], settings: dict) -> None:
     raise StepError("\n".join(lines))
 
 
-def _label_and_verify(ctx, rows: list[Row], tokenizer) -> None:
+def _label_and_verify(ctx, settings: dict, rows: list[Row], tokenizer) -> None:
     """Tokenize and label every full row, then demand the trained text be exactly the answer."""
     from runner.chat.loss_mask import labels_problem
 
-    settings = ctx.settings
     prefix = settings["response_part"] if settings["mask"] == "template" else ""
     problems = []
     for row in ctx.progress(rows, total=len(rows), desc="verify mask", unit="row"):
@@ -217,7 +257,7 @@ def _truncate(row: Row, tokenizer, settings: dict, limit: int) -> bool:
                           allowed_prefix=prefix, truncated=True) is None
 
 
-def _write_outputs(ctx, rows: list[Row], tokenizer, template: str, source: str,
+def _write_outputs(ctx, settings: dict, rows: list[Row], tokenizer, template: str, source: str,
                    counts: dict) -> dict:
     from runner.chat.mask_report import build_report, render_markdown
 
@@ -227,13 +267,14 @@ def _write_outputs(ctx, rows: list[Row], tokenizer, template: str, source: str,
                       "provenance": row.pair.get("provenance", {}),
                       "num_tokens": len(row.ids),
                       "num_trained_tokens": sum(label != -100 for label in row.labels)}
-            if ctx.settings["mask"] == "template":
+            if settings["mask"] == "template":
                 record["trained_spans"] = [list(span) for span in row.spans]
             yield record
 
     write_jsonl(ctx.out_dir / "dataset.jsonl", records())
     (ctx.out_dir / "chat_template.jinja").write_text(template, encoding="utf-8")
-    report = build_report(rows, tokenizer, ctx.settings, counts,
+    write_json(ctx.out_dir / CHAT_FILE, {key: settings[key] for key in CHAT_KEYS})
+    report = build_report(rows, tokenizer, settings, counts,
                           {"source": source, "sha256": hash_bytes(template.encode())})
     write_json(ctx.out_dir / "mask_report.json", report)
     (ctx.out_dir / "mask_report.md").write_text(render_markdown(report), encoding="utf-8")

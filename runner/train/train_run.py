@@ -62,7 +62,9 @@ class Job:
 
     @property
     def chat(self) -> dict:
-        return self.ctx.sections["chat_template"]
+        """The markers the chat_template step verified the mask with (chat_template/chat.json)."""
+        from runner.chat.resolved import read_chat
+        return read_chat(self.ctx.inputs["chat_template"], self.ctx.sections["chat_template"])
 
     @property
     def recipe_dir(self) -> Path:

