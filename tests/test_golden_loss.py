@@ -41,7 +41,8 @@ def _train(tmp_path: Path, *overrides: str, prelude: str = "") -> list[float]:
     args = ["run", str(RECIPE), "--run-dir", str(run_dir), "--quiet"]
     for override in overrides:
         args += ["--set", override]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    # One thread: on a 2-core machine shared with other work, OpenMP spinning costs more than it gains.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-c", code, *args], env=env, text=True,
                             capture_output=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -117,3 +117,12 @@ def test_conversion_survives_a_kill_and_two_concurrent_runs(tmp_path):
     tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
     assert tokenizer_config["eos_token"] == "<|im_end|>"  # the model's own stop token, not GGUF's
     assert (folder / "model.safetensors").stat().st_size > 500e6
+
+
+def test_offline_docs_recipe_says_what_it_needs_before_any_work(cli, tmp_path):
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = cli("run", ROOT / "recipes" / "python_docs_offline.yaml", "--run-dir",
+                 tmp_path / "runs", env=env)
+    assert result.returncode == 2 and "nothing was run" in result.stderr
+    assert "model 'unsloth/gpt-oss-20b' (revision main) is not in the local Hugging Face cache" in result.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.jsonl"))
