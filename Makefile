@@ -7,7 +7,7 @@ RUN_ARGS ?=
 GGUF_CONVERTER := $(VENV)/gguf-converter
 GGUF_CONVERTER_VERSION := 0.1.1
 
-.PHONY: install install-gpu test test-gpu lint bench docs demo smollm2 python-docs python-docs-120b \
+.PHONY: install install-gpu test test-gpu lint bench docs demo smollm2-python-docs python-docs python-docs-120b \
         python-docs-qlora python-docs-better python-docs-offline gpu-smoke validate clean
 
 install:  ## create .venv with the CPU stack (torch CPU build) and the package in editable mode
@@ -53,7 +53,7 @@ docs:  ## regenerate docs/recipe-reference.md from the schema
 demo:  ## the whole pipeline on CPU with a tiny GPT-OSS (offline, under a minute)
 	$(RECIPE) run recipes/demo.yaml $(RUN_ARGS)
 
-smollm2:  ## the main job: a real fine-tune of SmolLM2-135M-Instruct on CPU, offline (~6 min)
+smollm2-python-docs:  ## the main job: a real fine-tune of SmolLM2-135M-Instruct on CPU, offline (~6 min)
 	$(RECIPE) run recipes/smollm2_python_docs.yaml $(RUN_ARGS)
 
 python-docs:  ## the hand-run workflow (needs BRIGHTDATA_API_TOKEN and a GPU)

@@ -24,7 +24,10 @@ def test_the_library_is_complete():
 def test_recipe_validates_and_plans(recipe: Path, tmp_path):
     assert run_cli("validate", recipe).returncode == 0
     plan = run_cli("plan", recipe, "--run-dir", tmp_path)
-    assert plan.returncode == 0, plan.stderr
+    # A recipe that cannot run on this machine (a hub model offline, ...) still plans, and its
+    # pre-flight problems are listed, located, with a non-zero exit.
+    assert plan.returncode == 0 or (plan.returncode == 2 and "pre-flight:" in plan.stderr
+                                    and f"{recipe.name}:" in plan.stderr), plan.stderr
     steps = [line.split()[0] for line in plan.stdout.splitlines()]
     assert steps[0] == "sources" and len(steps) >= 4
 

@@ -116,11 +116,12 @@ def test_a_response_marker_that_never_occurs_stops_before_training(tmp_path):
 def test_batch_check_rejects_a_mask_that_trains_the_question(tmp_path):
     import torch
 
+    from runner.chat.resolved import read_chat
     from runner.models import load_tokenizer
     from runner.train.train_mask import BatchChecker
 
-    chat = chat_settings()
-    rows = write_dataset(tmp_path, tiny_model(), chat)
+    rows = write_dataset(tmp_path, tiny_model(), chat_settings())
+    chat = read_chat(tmp_path)  # the markers in effect, as the chat_template step resolved them
     tokenizer = load_tokenizer(tiny_model())
     ids = tokenize_row(tokenizer, rows[0]["text"])
     good = response_only_labels(ids, tokenizer, chat["instruction_part"], chat["response_part"])

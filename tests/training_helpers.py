@@ -42,12 +42,20 @@ def fast_training(**values) -> dict:
 
 
 def write_dataset(folder: Path, model: dict, chat: dict, pairs=PAIRS) -> list[dict]:
-    """dataset.jsonl as the chat_template step writes it, rendered with the model's template."""
-    from runner.chat.chat_format import render, resolve_template
+    """dataset.jsonl and chat.json as the chat_template step writes them, rendered with the
+    model's template and its markers read off that template."""
+    from runner.chat.chat_format import render, resolve_template, template_renderer
+    from runner.chat.resolved import CHAT_FILE
+    from runner.chat.template_markers import derive_markers, resolve_markers
     from runner.models import load_tokenizer
+    from runner.steps.chat_template import special_tokens
 
     tokenizer = load_tokenizer(model)
     template, _ = resolve_template(chat, tokenizer, folder)
+    markers = derive_markers(template_renderer(tokenizer, template, chat, []), special_tokens(tokenizer))
+    resolved = {**chat, **resolve_markers(chat, markers)[0]}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CHAT_FILE).write_text(json.dumps(resolved))
     rows = []
     for question, answer in pairs:
         messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]

@@ -25,6 +25,10 @@ def read_chat(chat_dir: Path, section: dict | None = None) -> dict:
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
     section = dict(section or {})
+    if any(section.get(key) == "auto" for key in KEYS):
+        from runner.errors import StepError
+        raise StepError(f"{path} is missing, so the chat markers read off the template are not "
+                        "known: re-run the chat_template step (--force chat_template)")
     kind = "harmony" if "<|channel|>" in str(section.get("response_part", "")) else "generic"
     return {**{key: section.get(key) for key in KEYS}, "template_kind": kind,
             "stop_tokens": [section.get("end_token")] if section.get("end_token") else []}
