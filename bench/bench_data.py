@@ -30,6 +30,8 @@ ROOT = BENCH.parent
 sys.path[:0] = [str(ROOT), str(BENCH)]
 
 DOCS = Path("/usr/share/doc/python3.11/html")
+POSTGRESQL_DOCS = Path("/usr/share/doc/postgresql-doc-15/html")   # DocBook XSL XHTML
+OFFLINE_RECIPE = ROOT / "recipes" / "python_docs_offline.yaml"
 WORK = Path("/tmp/recipe-bench-data")
 STEPS = ("cleaning", "pairing", "validation")
 
@@ -37,13 +39,13 @@ STEPS = ("cleaning", "pairing", "validation")
 ORIGINAL = {"cleaning": {"splitter": "original"},
             "pairing": {"strategy": "consecutive_sentences"},
             "validation": {"charset_filter": True}}
-# An offline docs recipe: headings kept, code names kept, near-duplicates removed.
+# The docs recipe's data settings, for the generated corpus (the docs runs use the shipped
+# recipes/python_docs_offline.yaml itself): headings kept, code kept, near-duplicates removed.
 DOCS_RECIPE = {
     "cleaning": {"keep_headings": True, "rules": [
-        {"rule": "strip_html"}, {"rule": "remove_md_images"}, {"rule": "unwrap_md_links"},
-        {"rule": "remove_code_blocks"}, {"rule": "unwrap_inline_code"}, {"rule": "remove_urls"},
+        {"rule": "remove_md_images"}, {"rule": "unwrap_md_links"}, {"rule": "remove_code_blocks"},
+        {"rule": "remove_urls"},
         {"rule": "regex_replace", "pattern": r"\bwww\.[^\s]+", "replacement": ""},
-        {"rule": "regex_replace", "pattern": r"\*\*?([^*\n]+)\*\*?", "replacement": r"\1"},
         {"rule": "collapse_whitespace"}]},
     "pairing": {"strategy": "heading_sections"},
     "validation": {"near_dedup": {"enabled": True}},
@@ -53,23 +55,26 @@ SETTINGS = {"original": ORIGINAL, "docs": DOCS_RECIPE}
 
 # ---- measured tasks (each runs in its own subprocess) ----
 
-def task_cli(recipe: str, run_dir: str) -> dict:
-    """The product path: `python -m runner run RECIPE` (sources included), in a fresh folder."""
+def task_cli(recipe: str, run_dir: str, tree: str = str(DOCS)) -> dict:
+    """The product path: `python -m runner run RECIPE --until validation` (sources included),
+    in a fresh folder."""
     from runner.artifacts import read_json
 
     subprocess.run(["rm", "-rf", run_dir], check=True)
     done = subprocess.run([sys.executable, "-m", "runner", "run", recipe, "--run-dir", run_dir,
-                           "--quiet"], cwd=ROOT, capture_output=True, text=True, check=False)
+                           "--until", "validation", "--quiet"], cwd=ROOT, capture_output=True,
+                          text=True, check=False, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if done.returncode:
         raise RuntimeError(done.stderr[-3000:])
     folder = next(Path(run_dir).iterdir())
     steps = {step: read_json(folder / step / ".complete.json")["duration_s"]
              for step in ("sources", *STEPS)}
+    validation = read_json(folder / "validation" / "stats.json")
+    pages = list(Path(tree).rglob("*.html"))
     return {"steps_s": steps, "documents": str(folder / "sources" / "documents.jsonl"),
             "pairs": read_json(folder / "pairing" / "stats.json")["pairs"],
-            "kept": read_json(folder / "validation" / "stats.json")["kept"],
-            "html_mb": round(sum(p.stat().st_size for p in DOCS.rglob("*.html")) / 1e6, 1),
-            "pages": len(list(DOCS.rglob("*.html")))}
+            "kept": validation["kept"], "scorecard": validation.get("scorecard"),
+            "html_mb": round(sum(p.stat().st_size for p in pages) / 1e6, 1), "pages": len(pages)}
 
 
 def task_ours(documents: str, settings_name: str, workers: int, workdir: str) -> dict:
@@ -153,31 +158,44 @@ def machine() -> str:
             f"load average at start {os.getloadavg()[0]:.1f}")
 
 
-def _recipe(name: str, settings: dict) -> str:
-    recipe = {"name": name, "sources": [{"type": "local", "paths": [f"{DOCS}/**/*.html"]}],
-              **copy.deepcopy(settings)}
-    recipe["cleaning"]["workers"] = 2
-    recipe["validation"]["workers"] = 2
+def _recipe(name: str, settings: dict | None = None, tree: Path = DOCS,
+            template_site: str = "Python") -> str:
+    """A recipe over every HTML page of `tree`: the shipped offline recipe (settings None) or
+    the given data settings."""
+    sources = [{"type": "local", "paths": [f"{tree}/**/*.html"], "format": "html",
+                "main_content": True}]
+    if settings is None:
+        recipe = {"name": name, "extends": str(OFFLINE_RECIPE), "sources": sources,
+                  "cleaning": {"workers": 2}, "validation": {"workers": 2}}
+        if template_site != "Python":
+            recipe["pairing"] = {"instruction_template": (
+                f"What does the {template_site} documentation say about {{{{ topic }}}}"
+                "{% if title not in topic %} ({{ title }}){% endif %}?")}
+    else:
+        recipe = {"name": name, "sources": sources, **copy.deepcopy(settings)}
+        recipe["cleaning"]["workers"] = 2
+        recipe["validation"]["workers"] = 2
     path = WORK / f"{name}.yaml"
     path.write_text(json.dumps(recipe, indent=2))   # JSON is YAML
     return str(path)
 
 
 def bench_docs() -> list[str]:
-    docs = measure("cli", recipe=_recipe("pydocs_docs_recipe", DOCS_RECIPE),
-                   run_dir=str(WORK / "runs-docs"))
+    docs = measure("cli", recipe=_recipe("pydocs_docs_recipe"), run_dir=str(WORK / "runs-docs"))
     original = measure("cli", recipe=_recipe("pydocs_original", ORIGINAL),
                        run_dir=str(WORK / "runs-original"))
     baseline = measure("baseline", documents=original["documents"])
     steps = docs["steps_s"]
     data_steps = sum(v for k, v in steps.items() if k != "sources")
-    return [
+    lines = [
         f"## Local Python docs ({docs['pages']} HTML pages, {docs['html_mb']} MB of HTML)", "",
-        "`python -m runner run RECIPE` with a `local` source over all the HTML pages (the "
-        "sources step converts them to markdown), cleaning and validation with 2 workers.", "",
+        "`python -m runner run RECIPE --until validation` with a `local` source over all the "
+        "HTML pages (the sources step converts them to markdown), cleaning and validation with "
+        "2 workers. The docs recipe is recipes/python_docs_offline.yaml with its sources "
+        "widened to every page.", "",
         "| run | wall s (whole command) | step durations s | peak RSS MB (largest process) "
         "| pairs / kept |", "|---|---:|---|---:|---:|",
-        f"| docs recipe (headings kept, heading_sections, near dedup) | {docs['wall_s']} | "
+        f"| docs recipe (python_docs_offline.yaml) | {docs['wall_s']} | "
         f"{_steps(docs)} | {docs['worker_peak_rss_mb']} | "
         f"{docs['pairs']:,} / {docs['kept']:,} |",
         f"| original settings (consecutive_sentences, charset filter) | {original['wall_s']} | "
@@ -187,7 +205,31 @@ def bench_docs() -> list[str]:
         f"{baseline['peak_rss_mb']} | {baseline['pairs']:,} / {baseline['kept']:,} |", "",
         f"**Data half with the docs recipe: {docs['wall_s']} s for the whole command** (HTML to "
         f"markdown {steps['sources']} s + cleaning, pairing, validation {data_steps:.1f} s; "
-        "limit 60 s).", ""]
+        f"limit 60 s; load {docs['load_1min']} at its end).", ""]
+    scorecards = [("Python docs, docs recipe", docs)]
+    if POSTGRESQL_DOCS.is_dir():
+        pg = measure("cli", recipe=_recipe("pgdocs_docs_recipe", tree=POSTGRESQL_DOCS,
+                                           template_site="PostgreSQL"),
+                     run_dir=str(WORK / "runs-pg"), tree=str(POSTGRESQL_DOCS))
+        lines += [f"PostgreSQL docs (postgresql-doc-15, DocBook XSL: {pg['pages']} pages, "
+                  f"{pg['html_mb']} MB of HTML), the same recipe: {pg['wall_s']} s "
+                  f"({_steps(pg)}); {pg['pairs']:,} / {pg['kept']:,} pairs.", ""]
+        scorecards.append(("PostgreSQL docs, docs recipe", pg))
+    return lines + _scorecard_table(scorecards)
+
+
+def _scorecard_table(runs: list[tuple[str, dict]]) -> list[str]:
+    keys = (("ends_mid_sentence", "mid-sentence"), ("ends_on_colon", 'on ":"'),
+            ("markup_residue", "residue"), ("urls", "URLs"), ("with_code_block", "code block"))
+    lines = ["Data-quality scorecard of the kept pairs (runner/data/scorecard.py):", "",
+             "| run | kept | " + " | ".join(label for _, label in keys)
+             + " | top instruction start |", "|---|---:|" + "---:|" * (len(keys) + 1)]
+    for label, result in runs:
+        card = result["scorecard"]
+        cells = " | ".join(f"{card[key]['share']:.1%}" for key, _ in keys)
+        lines.append(f"| {label} | {card['pairs']:,} | {cells} | "
+                     f"{card['top_instruction_prefix']['share']:.0%} |")
+    return lines + [""]
 
 
 def _steps(result: dict) -> str:

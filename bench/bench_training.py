@@ -1,17 +1,21 @@
-"""Training throughput and peak memory, on one GPU, same data / shape / sequence length / LoRA:
+"""Training throughput, peak memory and the memory plan, on one GPU, same rows and LoRA:
 
-- runner:   `recipe run`'s training step (backend unsloth), called as the executor calls it;
-- baseline: plain transformers + PEFT + TRL SFTTrainer (gradient checkpointing; sdpa, or eager
-            for GPT-OSS, which has no SDPA path in transformers);
-- bare:     a hand-written Unsloth loop (forward, backward, clip, AdamW8bit), no Trainer.
+- runner:   `recipe run`'s training step (backend unsloth), called as the executor calls it,
+            padded (the hand-run geometry, 2 rows x grad-accum 4) or packed (the same 8 rows per
+            optimizer step in one sequence with document masks);
+- bare:     a hand-written Unsloth loop (forward, backward, clip, AdamW8bit), no Trainer, padded;
+- baseline: transformers + PEFT + TRL SFTTrainer (eager attention, gradient checkpointing).
 
-Shapes: random-init Llama-3.2-1B, and GPT-OSS-20B with 4 layers (built by runner.tiny_model on
-the GPU; throughput does not depend on the weights' values). Every engine runs in its own
-process; tokens/s is measured over steps SKIP..STEPS (compilation and warm-up excluded), peak
-memory is torch's peak allocation from the start of training (weights included).
+Model: random-init GPT-OSS-20B with 4 layers (and all 24 for the hand-run memory check), built
+by runner.tiny_model on the GPU. Rows: `docs` (the offline Python-docs length distribution) or
+`full` (2,048-token rows, the throughput ceiling); see bench_training_data.py. Every engine runs
+in its own process (Unsloth imported first), its runs one after another; tokens/s counts real
+(non-padding) tokens over optimizer steps SKIP..STEPS; peak is torch's peak allocation from the
+start of training, weights included; the plan is runner.train.memory_plan's estimate.
 
-    python bench/bench_training.py all --shapes llama-1b,gpt-oss-20b-4l --work /tmp/bench --out DIR
-    python bench/bench_training.py all --shapes tiny --engines runner,baseline --work /tmp/b  (CPU check)
+    python bench/bench_training.py all --work /tmp/bench --out DIR        (the GPU session)
+    python bench/bench_training.py all --runs runner-padded,runner-packed,baseline-2x4 --tiny
+                                                                          (CPU check, tiny model)
 """
 
 from __future__ import annotations
@@ -25,90 +29,40 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-STEPS, SKIP, LR, RANK = 30, 10, 2e-4, 16
-ATTN_MLP = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+STEPS, SKIP, LR = 30, 10, 2e-4
+ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
+ATTN_MLP = ATTN + ["gate_proj", "up_proj", "down_proj"]
 EXPERTS = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
-SHAPES = {
-    "llama-1b": dict(family="llama", preset="llama-3.2-1b", set={}, batch=8, seq=2048),
-    "gpt-oss-20b-4l": dict(family="gpt_oss", preset="gpt-oss-20b", set={"num_hidden_layers": 4},
-                           batch=4, seq=2048),
-    "tiny": dict(family="gpt_oss", preset=None, set={}, batch=2, seq=256),
+MODELS = {"gpt-oss-20b-4l": ("gpt-oss-20b", {"num_hidden_layers": 4}),
+          "gpt-oss-20b-24l": ("gpt-oss-20b", {}),
+          "tiny": (None, {})}
+DATA = {"docs": 512, "full": 2048}            # sequence length of each kind of rows
+BASE = dict(model="gpt-oss-20b-4l", r=16, load_in_4bit=False, steps=STEPS, skip=SKIP)
+ALPHA = 16                                    # the hand-run notebook's lora_alpha
+RUNS = {
+    "bare-2x4": dict(engine="bare", data="docs", micro=2, accum=4),
+    "bare-8x1": dict(engine="bare", data="docs", micro=8, accum=1),
+    "bare-full": dict(engine="bare", data="full", micro=4, accum=1),
+    "runner-packed": dict(engine="runner", data="docs", micro=8, accum=1, packing=True),
+    "runner-padded": dict(engine="runner", data="docs", micro=2, accum=4),
+    "runner-full": dict(engine="runner", data="full", micro=4, accum=1),
+    "baseline-2x4": dict(engine="baseline", data="docs", micro=2, accum=4),
+    # The hand-run notebook's settings on the whole 24-layer model: memory, a few steps.
+    "runner-handrun-24l": dict(engine="runner", data="docs", micro=2, accum=4, r=8,
+                               model="gpt-oss-20b-24l", load_in_4bit=True, seq=1024, steps=6,
+                               skip=2),
 }
-# Dense bf16 tensor-core peak (FLOP/s) by card name, for MFU.
-PEAKS = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989.4e12), ("H200", 989.4e12),
-         ("A100", 312e12), ("L40S", 362e12)]
+DEFAULT_RUNS = "bare-2x4,bare-8x1,bare-full,runner-packed,runner-padded,runner-full,baseline-2x4"
 
 
-# --- data ----------------------------------------------------------------------------------
-
-def prepare(shape: str, work: Path) -> None:
-    """Model folder, dataset.jsonl (as chat_template writes it) and the same rows tokenized."""
-    from runner.tiny_model import build_tiny
-
-    spec, folder = SHAPES[shape], work / shape
-    device = "cuda" if _cuda() else "cpu"
-    if not (folder / "model" / "tiny_model.json").is_file():
-        start = time.time()
-        build_tiny(folder / "model", spec["family"], preset=spec["preset"], device=device,
-                   dtype="bfloat16" if spec["preset"] else "float32", **spec["set"])
-        print(f"[{shape}] built model in {time.time() - start:.0f}s", flush=True)
-    if not (folder / "tokens.json").is_file():
-        _write_rows(folder, spec["seq"], spec["batch"] * STEPS)
-
-
-def _write_rows(folder: Path, seq: int, count: int) -> None:
-    import random
-
-    from transformers import AutoTokenizer
-
-    from runner.chat.loss_mask import response_only_labels, tokenize_row
-    from runner.tiny_model import tokenizer_corpus
-
-    tokenizer = AutoTokenizer.from_pretrained(folder / "model")
-    chat = _section("chat_template")
-    words = " ".join(tokenizer_corpus()[1:]).split()
-    rng, rows, tokens = random.Random(0), [], []
-    for index in range(count):
-        question = f"Question {index}: " + " ".join(rng.choices(words, k=12))
-        answer, text, ids = _fit_answer(tokenizer, chat, question, words, rng, seq)
-        labels = response_only_labels(ids, tokenizer, chat["instruction_part"], chat["response_part"])
-        rows.append({"text": text, "messages": [{"role": "user", "content": question},
-                                                {"role": "assistant", "content": answer}],
-                     "provenance": {"document_id": "bench"}})
-        tokens.append({"input_ids": ids, "labels": labels})
-    assert all(ids == tokenize_row(tokenizer, r["text"]) for ids, r in
-               zip([t["input_ids"] for t in tokens[:3]], rows[:3], strict=True))
-    (folder / "chat_template").mkdir(parents=True, exist_ok=True)
-    (folder / "chat_template" / "dataset.jsonl").write_text(
-        "".join(json.dumps(r) + "\n" for r in rows))
-    (folder / "tokens.json").write_text(json.dumps(tokens))
-
-
-def _fit_answer(tokenizer, chat, question, words, rng, seq):
-    """A random answer as long as the rendered row can be within `seq` tokens."""
-    from runner.chat.chat_format import render
-    from runner.chat.loss_mask import tokenize_row
-
-    def row(answer):
-        messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-        text = render(messages, tokenizer, tokenizer.chat_template, chat).text
-        return answer, text, tokenize_row(tokenizer, text)
-
-    overhead = len(row("")[2])
-    pool = " ".join(rng.choices(words, k=seq * 2))
-    encoding = tokenizer(pool, add_special_tokens=False, return_offsets_mapping=True)
-    cut = encoding["offset_mapping"][max(1, seq - overhead - 1)][0]
-    answer = pool[:cut].rsplit(" ", 1)[0]
-    while len((best := row(answer))[2]) > seq:   # tokens can merge differently at the edges
-        answer = answer.rsplit(" ", 1)[0]
-    return best
-
-
-def _section(section_name: str, **values) -> dict:
-    from runner.validate import fill_defaults, schema
-    return fill_defaults(dict(values), schema()["$defs"][section_name], top=False)
+def spec(name: str, tiny: bool = False) -> dict:
+    run = {**BASE, "packing": False, **RUNS[name], "name": name}
+    run.setdefault("seq", DATA[run["data"]])
+    if tiny:
+        run.update(model="tiny", steps=6, skip=2, seq=min(run["seq"], 256))
+    return run
 
 
 def _cuda() -> bool:
@@ -116,100 +70,134 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def prepare(run: dict, work: Path) -> None:
+    from bench_training_data import build_model, docs_lengths, write_rows
+
+    preset, shape = MODELS[run["model"]]
+    build_model(work / "models" / run["model"], "gpt_oss", preset, shape,
+                "cuda" if _cuda() else "cpu")
+    count = 8 * run["steps"] if run["data"] == "docs" else run["micro"] * run["accum"] * run["steps"]
+    lengths = (docs_lengths(count, run["seq"]) if run["data"] == "docs" else [run["seq"]] * count)
+    write_rows(work / "models" / run["model"], data_dir(run, work), lengths)
+
+
+def data_dir(run: dict, work: Path) -> Path:
+    return work / "data" / f"{run['data']}-{run['seq']}-{run['steps']}"
+
+
+def _section(section_name: str, **values) -> dict:
+    from runner.validate import fill_defaults, schema
+    return fill_defaults(dict(values), schema()["$defs"][section_name], top=False)
+
+
+def recipe_sections(run: dict, work: Path, backend: str) -> dict:
+    """The model / lora / training sections a recipe for this run would have."""
+    model = _section("model", name=str(work / "models" / run["model"]), max_seq_length=run["seq"],
+                     load_in_4bit=run["load_in_4bit"])
+    lora = _section("lora", r=run["r"], alpha=ALPHA, target_modules=ATTN_MLP)
+    training = _section("training", backend=backend, per_device_train_batch_size=run["micro"],
+                        gradient_accumulation_steps=run["accum"], max_steps=run["steps"],
+                        learning_rate=LR, save_steps=run["steps"], warmup_steps=2,
+                        packing=run["packing"])
+    return {"model": model, "lora": lora, "training": training}
+
+
 # --- engines -------------------------------------------------------------------------------
 
-def run_runner(shape: str, work: Path) -> dict:
+def run_runner(run: dict, work: Path) -> dict:
+    import shutil
+
     from runner.registry import StepContext, registered
     from runner.train.train_metrics import read_metrics
 
-    spec, folder = SHAPES[shape], work / shape
     backend = "unsloth" if _cuda() else "hf"
-    model = _section("model", name=str(folder / "model"), max_seq_length=spec["seq"],
-                     load_in_4bit=False)
-    training = _section("training", backend=backend, per_device_train_batch_size=spec["batch"],
-                        gradient_accumulation_steps=1, max_steps=STEPS, learning_rate=LR,
-                        save_steps=STEPS, warmup_steps=5)
-    out = folder / "runner-out"
-    import shutil
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.rmtree(folder / "runner-cache", ignore_errors=True)
-    out.mkdir(parents=True)
-    ctx = StepContext(recipe_name="bench", step="training", key="bench" * 4, settings=training,
-                      sections={"model": model, "lora": _section("lora", r=RANK, alpha=RANK,
-                                                                 target_modules=ATTN_MLP),
+    sections = recipe_sections(run, work, backend)
+    folder = work / "runner" / run["name"]
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / "out").mkdir(parents=True)
+    ctx = StepContext(recipe_name="bench", step="training", key="bench" * 4,
+                      settings=sections["training"],
+                      sections={"model": sections["model"], "lora": sections["lora"],
                                 "chat_template": _section("chat_template")},
-                      inputs={"chat_template": folder / "chat_template"}, out_dir=out,
-                      run_dir=folder, cache_dir=folder / "runner-cache", recipe_dir=folder,
-                      quiet=True)
+                      inputs={"chat_template": data_dir(run, work) / "chat_template"},
+                      out_dir=folder / "out", run_dir=folder, cache_dir=folder / "cache",
+                      recipe_dir=folder, quiet=True)
     registered()[("training", backend)].func(ctx)
-    summary = json.loads((out / "summary.json").read_text())
-    rows = [r for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
-    return {"tokens_per_s": _rate(rows, "tokens_seen", "elapsed_s"),
+    summary = json.loads((folder / "out" / "summary.json").read_text())
+    rows = [r for r in read_metrics(folder / "out" / "metrics.jsonl") if "loss" in r]
+    contract = summary["contract"]
+    return {"tokens_per_s": _rate(rows, "tokens_seen", "elapsed_s", run),
             "step_s": [round(b["elapsed_s"] - a["elapsed_s"], 4) for a, b in zip(rows, rows[1:], strict=False)],
             "peak_gib": summary.get("peak_gpu_allocated_gib", summary.get("peak_rss_gib")),
             "reserved_gib": summary.get("peak_gpu_reserved_gib"),
-            "trainable": summary["trainable_params"], "final_loss": summary["final_loss"]}
+            "trainable": summary["trainable_params"], "final_loss": summary["final_loss"],
+            "micro_tokens": contract.get("largest_micro_batch_tokens"),
+            "contract": {k: contract.get(k) for k in ("packing", "loss_check",
+                                                      "router_aux_loss_coef", "targets")}}
 
 
-def _rate(rows: list[dict], tokens_key: str, time_key: str) -> float:
-    first = next(r for r in rows if r["step"] == SKIP)
-    last = next(r for r in rows if r["step"] == STEPS)
+def _rate(rows: list[dict], tokens_key: str, time_key: str, run: dict) -> float:
+    first = next(r for r in rows if r["step"] == run["skip"])
+    last = next(r for r in rows if r["step"] == run["steps"])
     return (last[tokens_key] - first[tokens_key]) / (last[time_key] - first[time_key])
 
 
-def _timer_callback():
-    from transformers import TrainerCallback
+def run_baseline(run: dict, work: Path) -> dict:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    cuda = _cuda()
+    if not cuda:
+        from runner.train.train_hf import install_logprob_fallback
+        install_logprob_fallback()
+    path = work / "models" / run["model"]
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.bfloat16 if cuda else torch.float32, attn_implementation="eager",
+        device_map="cuda" if cuda else "cpu")
+    lora = LoraConfig(r=run["r"], lora_alpha=ALPHA, lora_dropout=0.0, task_type="CAUSAL_LM",
+                      target_modules=ATTN, target_parameters=EXPERTS)
+    data = Dataset.from_list(json.loads((data_dir(run, work) / "tokens.json").read_text()))
+    args = SFTConfig(output_dir=str(work / "baseline-out"), per_device_train_batch_size=run["micro"],
+                     gradient_accumulation_steps=run["accum"], max_steps=run["steps"],
+                     learning_rate=LR, warmup_steps=2, logging_steps=1, save_strategy="no",
+                     bf16=cuda, optim="adamw_8bit" if cuda else "adamw_torch", use_cpu=not cuda,
+                     gradient_checkpointing=True, max_length=run["seq"], report_to="none",
+                     include_num_input_tokens_seen="non_padding", disable_tqdm=True,
+                     router_aux_loss_coef=0.0, seed=3407)
+    log: list[dict] = []
 
     class Timer(TrainerCallback):
-        rows: list = []
-
         def on_train_begin(self, args, state, control, **kwargs):
-            import torch
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if "loss" in (logs or {}):
-                self.rows.append({"step": state.global_step, "t": time.perf_counter(),
-                                  "tokens": state.num_input_tokens_seen, "loss": logs["loss"]})
-    return Timer()
+                log.append({"step": state.global_step, "t": time.perf_counter(),
+                            "tokens": state.num_input_tokens_seen, "loss": logs["loss"]})
 
-
-def run_baseline(shape: str, work: Path) -> dict:
-    import torch
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
-
-    spec, folder, cuda = SHAPES[shape], work / shape, _cuda()
-    if not cuda:
-        from runner.train.train_hf import install_logprob_fallback
-        install_logprob_fallback()
-    gpt_oss = spec["family"] == "gpt_oss"
-    model = AutoModelForCausalLM.from_pretrained(
-        folder / "model", dtype=torch.bfloat16 if cuda else torch.float32,
-        attn_implementation="eager" if gpt_oss else "sdpa", device_map="cuda" if cuda else "cpu")
-    tokenizer = AutoTokenizer.from_pretrained(folder / "model")
-    lora = LoraConfig(r=RANK, lora_alpha=RANK, lora_dropout=0.0, task_type="CAUSAL_LM",
-                      target_modules=ATTN_MLP[:4] if gpt_oss else ATTN_MLP,
-                      target_parameters=EXPERTS if gpt_oss else None)
-    data = Dataset.from_list(json.loads((folder / "tokens.json").read_text()))
-    args = SFTConfig(output_dir=str(folder / "baseline-out"), per_device_train_batch_size=spec["batch"],
-                     gradient_accumulation_steps=1, max_steps=STEPS, learning_rate=LR,
-                     warmup_steps=5, logging_steps=1, save_strategy="no", bf16=cuda,
-                     optim="adamw_8bit" if cuda else "adamw_torch", use_cpu=not cuda,
-                     gradient_checkpointing=True, max_length=spec["seq"], report_to="none",
-                     include_num_input_tokens_seen="non_padding", disable_tqdm=True,
-                     router_aux_loss_coef=0.0 if gpt_oss else None, seed=3407)
-    timer = _timer_callback()
-    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
-                         peft_config=lora, callbacks=[timer])
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=
+                         AutoTokenizer.from_pretrained(path), peft_config=lora, callbacks=[Timer()])
+    largest = _track_micro_batches(trainer)
     trainer.train()
-    trainable, _ = trainer.model.get_nb_trainable_parameters()
-    return {"tokens_per_s": _rate(timer.rows, "tokens", "t"), **_peaks(),
-            "step_s": [round(b["t"] - a["t"], 4) for a, b in zip(timer.rows, timer.rows[1:], strict=False)],
-            "trainable": trainable, "final_loss": timer.rows[-1]["loss"]}
+    return {"tokens_per_s": _rate(log, "tokens", "t", run), **_peaks(),
+            "step_s": [round(b["t"] - a["t"], 4) for a, b in zip(log, log[1:], strict=False)],
+            "trainable": trainer.model.get_nb_trainable_parameters()[0],
+            "final_loss": log[-1]["loss"], "micro_tokens": largest[0]}
+
+
+def _track_micro_batches(trainer) -> list:
+    largest = [0]
+    original = trainer.compute_loss
+
+    def compute_loss(model, inputs, *args, **kwargs):
+        largest[0] = max(largest[0], int(inputs["input_ids"].numel()))
+        return original(model, inputs, *args, **kwargs)
+    trainer.compute_loss = compute_loss
+    return largest
 
 
 def _peaks() -> dict:
@@ -223,41 +211,56 @@ def _peaks() -> dict:
             "reserved_gib": None}
 
 
-def run_bare(shape: str, work: Path) -> dict:
+def run_bare_group(runs: list[dict], work: Path) -> dict:
+    """The bare Unsloth loop for several runs on one loaded model (same LoRA for all)."""
     os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
     from unsloth import FastLanguageModel  # noqa: I001  (before transformers)
+    import torch
+
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        str(work / "models" / runs[0]["model"]), max_seq_length=max(r["seq"] for r in runs),
+        dtype=None, load_in_4bit=False)
+    model = FastLanguageModel.get_peft_model(
+        model, r=runs[0]["r"], lora_alpha=ALPHA, lora_dropout=0, target_modules=ATTN_MLP,
+        bias="none", use_gradient_checkpointing="unsloth", random_state=3407)
+    FastLanguageModel.for_training(model)
+    results = {}
+    for run in runs:
+        results[run["name"]] = _bare_loop(model, tokenizer.pad_token_id or 0, run, work)
+        torch.cuda.empty_cache()
+    return results
+
+
+def _bare_loop(model, pad: int, run: dict, work: Path) -> dict:
     import bitsandbytes as bnb
     import torch
 
-    spec, folder = SHAPES[shape], work / shape
-    model, tokenizer = FastLanguageModel.from_pretrained(
-        str(folder / "model"), max_seq_length=spec["seq"], dtype=None, load_in_4bit=False)
-    model = FastLanguageModel.get_peft_model(
-        model, r=RANK, lora_alpha=RANK, lora_dropout=0, target_modules=ATTN_MLP, bias="none",
-        use_gradient_checkpointing="unsloth", random_state=3407)
-    FastLanguageModel.for_training(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = bnb.optim.AdamW8bit(params, lr=LR, weight_decay=0.01)
-    rows, pad = json.loads((folder / "tokens.json").read_text()), tokenizer.pad_token_id or 0
+    rows = json.loads((data_dir(run, work) / "tokens.json").read_text())
     torch.cuda.reset_peak_memory_stats()
-    times, tokens, seen, loss = {}, {}, 0, None
-    for step in range(1, STEPS + 1):
-        batch = _collate(rows[(step - 1) * spec["batch"]: step * spec["batch"]], pad)
-        seen += int(batch["attention_mask"].sum())
-        batch = {k: v.to("cuda", non_blocking=True) for k, v in batch.items()}
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(**batch).loss
-        loss.backward()
+    times, tokens, seen, largest, loss = {}, {}, 0, 0, None
+    micro = iter(range(0, len(rows), run["micro"]))
+    for step in range(1, run["steps"] + 1):
+        for _ in range(run["accum"]):
+            start = next(micro)
+            batch = _collate(rows[start:start + run["micro"]], pad)
+            seen += int(batch["attention_mask"].sum())
+            largest = max(largest, batch["input_ids"].numel())
+            batch = {k: v.to("cuda", non_blocking=True) for k, v in batch.items()}
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(**batch).loss / run["accum"]
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         loss = loss.item()   # a loop that reports its loss syncs every step, as the Trainer does
         times[step], tokens[step] = time.perf_counter(), seen
-    trainable = sum(p.numel() for p in params)
-    rate = (tokens[STEPS] - tokens[SKIP]) / (times[STEPS] - times[SKIP])
-    steps = [round(times[i + 1] - times[i], 4) for i in range(1, STEPS)]
-    return {"tokens_per_s": rate, **_peaks(), "trainable": trainable, "final_loss": loss,
-            "step_s": steps}
+    del optimizer
+    rate = (tokens[run["steps"]] - tokens[run["skip"]]) / (times[run["steps"]] - times[run["skip"]])
+    return {"tokens_per_s": rate, **_peaks(), "trainable": sum(p.numel() for p in params),
+            "final_loss": loss * run["accum"], "micro_tokens": largest,
+            "step_s": [round(times[i + 1] - times[i], 4) for i in range(1, run["steps"])]}
 
 
 def _collate(rows: list[dict], pad: int) -> dict:
@@ -273,58 +276,84 @@ def _collate(rows: list[dict], pad: int) -> dict:
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-ENGINES = {"runner": run_runner, "baseline": run_baseline, "bare": run_bare}
+def run_group(engine: str, runs: list[dict], work: Path) -> dict:
+    if engine == "bare":
+        return run_bare_group(runs, work)
+    function = run_runner if engine == "runner" else run_baseline
+    results = {}
+    for run in runs:
+        results[run["name"]] = function(run, work)
+        import gc
+        gc.collect()
+    return results
 
 
 # --- driver --------------------------------------------------------------------------------
 
-def run_engine_process(engine: str, shape: str, work: Path, log_dir: Path) -> dict:
-    """One engine in a fresh process: clean memory statistics, Unsloth imported first."""
-    result = work / shape / f"{engine}.json"
+def run_engine_process(engine: str, names: list[str], args, log_dir: Path) -> dict:
+    """One engine's runs in a fresh process: clean memory statistics, Unsloth imported first."""
+    result = args.work / f"{engine}.json"
     result.unlink(missing_ok=True)
-    log = log_dir / f"{shape}-{engine}.log"
+    command = [sys.executable, __file__, "engine", "--engine", engine, "--runs", ",".join(names),
+               "--work", str(args.work)] + (["--tiny"] if args.tiny else [])
     start = time.time()
-    with open(log, "w") as handle:
-        code = subprocess.call([sys.executable, __file__, "engine", "--engine", engine,
-                                "--shape", shape, "--work", str(work)],
-                               stdout=handle, stderr=subprocess.STDOUT)
-    print(f"[{shape}] {engine}: exit {code} in {time.time() - start:.0f}s", flush=True)
-    if code != 0 or not result.is_file():
-        print(log.read_text()[-3000:], flush=True)
-        return {"error": f"exit {code}, see {log.name}"}
-    return json.loads(result.read_text())
+    with open(log_dir / f"engine-{engine}.log", "w") as handle:
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
+        try:
+            code = process.wait(timeout=max(30.0, args.deadline - start))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            code = "killed at the time budget"
+    print(f"{engine} {names}: exit {code} in {time.time() - start:.0f}s", flush=True)
+    done = json.loads(result.read_text()) if result.is_file() else {}
+    if code != 0:
+        print((log_dir / f"engine-{engine}.log").read_text()[-3000:], flush=True)
+    return {name: done.get(name, {"error": f"exit {code}, see engine-{engine}.log"})
+            for name in names}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["all", "prepare", "engine"])
-    parser.add_argument("--shapes", default="llama-1b,gpt-oss-20b-4l")
-    parser.add_argument("--shape", default="tiny")
-    parser.add_argument("--engine", choices=sorted(ENGINES))
-    parser.add_argument("--engines", default="baseline,bare,runner")
+    parser.add_argument("command", choices=["all", "engine"])
+    parser.add_argument("--runs", default=DEFAULT_RUNS)
+    parser.add_argument("--engine", choices=["runner", "bare", "baseline"])
+    parser.add_argument("--tiny", action="store_true", help="the tiny model, a few steps (CPU)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-training"))
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--name", default="training", help="results file stem")
+    parser.add_argument("--budget", type=float, default=3600,
+                        help="seconds for everything; an engine still running then is stopped")
     args = parser.parse_args(argv)
+    args.deadline = time.time() + args.budget
     args.work.mkdir(parents=True, exist_ok=True)
-    if args.command == "prepare":
-        prepare(args.shape, args.work)
-        return 0
+    runs = [spec(name, args.tiny) for name in args.runs.split(",")]
     if args.command == "engine":
-        result = ENGINES[args.engine](args.shape, args.work)
-        (args.work / args.shape / f"{args.engine}.json").write_text(json.dumps(result))
+        groups = [runs] if args.engine == "bare" else [[run] for run in runs]
+        results = {}
+        for group in groups:        # one run failing leaves the others' results
+            try:
+                results.update(run_group(args.engine, group, args.work))
+            except Exception as error:  # noqa: BLE001 - recorded per run in the results
+                import traceback
+                traceback.print_exc()
+                results.update({run["name"]: {"error": f"{type(error).__name__}: {error}"[:600]}
+                                for run in group})
+            (args.work / f"{args.engine}.json").write_text(json.dumps(results))
         return 0
-    sys.path.insert(0, str(Path(__file__).parent))
     from bench_training_report import write_report
 
     args.out.mkdir(parents=True, exist_ok=True)
+    for run in runs:
+        prepare(run, args.work)
     results = {}
-    for shape in args.shapes.split(","):
-        prepare(shape, args.work)
-        results[shape] = {e: run_engine_process(e, shape, args.work, args.out)
-                          for e in args.engines.split(",")}
-        (args.out / f"training-{shape}.json").write_text(json.dumps(results[shape], indent=2))
-    print(write_report(results, args.out, SHAPES, STEPS, SKIP, RANK, args.work), flush=True)
+    for engine in ("bare", "runner", "baseline"):
+        names = [run["name"] for run in runs if run["engine"] == engine]
+        if names:
+            results.update(run_engine_process(engine, names, args, args.out))
+    for run in runs:
+        results[run["name"]]["spec"] = run
+    print(write_report(results, args.out, args.work, args.name), flush=True)
     return 0
 
 

@@ -4,7 +4,8 @@
 # EXTRA_WHEELS="google-re2==1.1.20251105 pytest-timeout==2.4.0 pydantic==2.14.4
 # pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 typing_extensions==4.16.0"):
 #   bash bench/gpu_session.sh tests [PATTERN]       # pytest -m gpu (gpu_smoke recipe, QLoRA, hf on GPU)
-#   bash bench/gpu_session.sh bench llama-1b        # one benchmark shape (all three engines)
+#   bash bench/gpu_session.sh packing                # the bf16 packing test (tests/test_training_packing.py)
+#   bash bench/gpu_session.sh bench [RUNS] [NAME]    # the training benchmark (bench_training.py)
 # Logs and results go to $OUT (or /tmp/gpu-out); the installed wheels stay in /tmp/site while warm.
 set -uo pipefail
 out=${OUT:-/tmp/gpu-out}
@@ -22,9 +23,15 @@ case "${1:-tests}" in
   tests)
     python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu_training.py ${2:+-k "$2"} 2>&1 \
       | tee "$out/gpu_tests.log" | tail -n 60 ;;
+  packing)
+    # The bf16 packed-vs-unpacked test: compiled FlexAttention, gradients, on this GPU.
+    timeout "${BUDGET:-150}" python3 -m pytest -m gpu -q -s -p no:cacheprovider \
+      tests/test_training_packing.py 2>&1 | tee "$out/gpu_packing.log" | tail -n 8 ;;
   bench)
-    python3 bench/bench_training.py all --shapes "${2:-llama-1b}" --work /tmp/bench \
-      --out "$out" 2>&1 | tee "$out/bench-${2:-llama-1b}.log" | tail -n 60
-    tar -czf "$out/engine-logs-${2:-llama-1b}.tgz" -C "$out" --remove-files \
-      $(cd "$out" && ls ./*-*.log 2>/dev/null | grep -v '^./bench-') 2>/dev/null ;;
+    # The training benchmark (bench_training.py's DEFAULT_RUNS, or the runs in $2), results
+    # named $3 (training.md); an engine still running after $BUDGET seconds is stopped.
+    python3 bench/bench_training.py all ${2:+--runs "$2"} --name "${3:-training}" --work /tmp/bench \
+      --out "$out" --budget "${BUDGET:-540}" 2>&1 | tee "$out/bench-${3:-training}.log" | tail -n 70
+    tar -czf "$out/engine-logs-${3:-training}.tgz" -C "$out" --remove-files \
+      $(cd "$out" && ls engine-*.log) ;;
 esac

@@ -97,9 +97,18 @@ def _planned(loaded, target: Path, start, stop, force) -> list[tuple[str, str, s
     steps = build_plan(loaded.data)
     try:
         first, last = select(steps, start, stop)
+        _check_force(force, [s.name for s in steps])
     except PlanError as exc:
         _fail(f"error: {exc}", 2)
     return describe(steps, target, loaded.path.parent, set(force), first, last)
+
+
+def _check_force(force, names: list[str]) -> None:
+    """--force STEP names a step of this recipe, as --from and --until must ("*": --force alone)."""
+    for wanted in force:
+        if wanted != "*" and wanted not in names:
+            raise PlanError(f"--force {wanted}: no step named '{wanted}' in this recipe; its steps "
+                            f"are: {', '.join(names)} (or --force alone for every step)")
 
 
 def _refuse_preflight(loaded, target: Path, start, stop, force) -> None:
@@ -130,12 +139,14 @@ def _write_report(run_dir: Path) -> Path | None:
 @click.option("--run-dir", default="runs", show_default=True, help=RUN_DIR_HELP)
 def plan(recipe, overrides, start, stop, force, run_dir):
     """Show what `run` would execute or skip, and why, and what would stop it here."""
-    from runner.preflight import format_problems, preflight
+    from runner.preflight import format_problems, notes, preflight
     loaded = _load(recipe, overrides)
     rows = _planned(loaded, _run_dir(loaded, run_dir), start, stop, force)
     width = max(len(r[0]) for r in rows)
     for label, action, reason in rows:
         click.echo(f"{label:<{width}}  {action:<7} {reason}")
+    for line in notes(loaded, rows):
+        click.echo(line)
     problems = preflight(loaded, rows)
     if problems:
         _fail(format_problems(problems), 2)

@@ -4,6 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+QUOTE_CHARS = 80        # a quoted value longer than this is cut (a 200-URL list is not one line)
+MESSAGE_CHARS = 400     # the last guard: no message line grows past this
+
+
+def quoted(value, limit: int = QUOTE_CHARS) -> str:
+    """repr() of a value an error quotes, cut to a readable length with its full size said."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f"{len(value)} items" if isinstance(value, (list, dict)) else f"{len(text)} characters"
+    return f"{text[:limit - 3]}... ({size})"
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit - 3]}... ({len(text)} characters in all)"
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -19,8 +35,8 @@ class Problem:
         where = self.file
         if self.line is not None:
             where += f":{self.line}:{self.col or 1}"
-        text = f"{where}: {self.path}: {self.message}"
-        return f"{text}\n    hint: {self.hint}" if self.hint else text
+        text = f"{where}: {self.path}: {_cut(self.message, MESSAGE_CHARS)}"
+        return f"{text}\n    hint: {_cut(self.hint, MESSAGE_CHARS)}" if self.hint else text
 
 
 class RecipeError(Exception):

@@ -72,8 +72,10 @@ def _run_step(item: PlannedStep, key: str, loaded, run_dir: Path, manifest, forc
         _check_outputs(item, tmp)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        # A step may say what it measured before failing (the gates step does): keep it.
         manifest.step(item, key, "failed", {"error": str(exc) or type(exc).__name__,
-                                            "duration_s": round(time.time() - started, 3)})
+                                            "duration_s": round(time.time() - started, 3),
+                                            "metrics": getattr(exc, "metrics", None) or {}})
         manifest.finish("failed")
         raise
     record = {"key": key, "step": item.name, "kind": item.spec.kind,

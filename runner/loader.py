@@ -2,7 +2,9 @@
 
 Order: parse each file of the `extends` chain, deep-merge (mappings merge, lists and scalars
 replace), apply `--set` overrides, check `${env:NAME}` references, render Jinja in strings.
-Every problem is collected and reported together.
+Every problem is collected and reported together: a broken file stops at once (there is nothing
+sound to check further), while `--set`, environment and template problems are kept on the result
+(`Loaded.problems`) so that validation reports them along with the schema's.
 """
 
 from __future__ import annotations
@@ -10,11 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from runner.errors import Problem, RecipeError
+from runner.errors import Problem, RecipeError, quoted
 from runner.secrets import ENV_REF
-from runner.yamlsafe import Origin, parse_yaml, render_path
+from runner.yamlsafe import Origin, dump, parse_yaml, render_path
 
 SET_ORIGIN = Origin("--set", None, None)
 
@@ -25,6 +25,7 @@ class Loaded:
     data: dict
     origins: dict[tuple, Origin]
     files: list[Path] = field(default_factory=list)   # the extends chain, child first
+    problems: list[Problem] = field(default_factory=list)  # found after parsing (--set, env, Jinja)
 
     def origin(self, path: tuple) -> Origin:
         """Where the value at `path` (or its nearest set ancestor) was written."""
@@ -39,8 +40,13 @@ class Loaded:
         return Problem(o.file, o.line, o.col, render_path(path), message, hint)
 
 
-def load_recipe(path: str | Path, overrides: list[str] = (), raw_paths=frozenset()) -> Loaded:
-    """Load, merge, override, check env refs and render templates; RecipeError lists all problems."""
+def load_recipe(path: str | Path, overrides: list[str] = (), raw_paths=frozenset(),
+                keep_problems: bool = False) -> Loaded:
+    """Load, merge, override, check env refs and render templates; RecipeError lists all problems.
+
+    keep_problems: problems found after parsing stay on `Loaded.problems` instead of raising,
+    for a caller that adds its own checks and reports everything at once.
+    """
     path = Path(path)
     problems: list[Problem] = []
     data, origins, files = _load_chain(path, problems, stack=())
@@ -49,11 +55,11 @@ def load_recipe(path: str | Path, overrides: list[str] = (), raw_paths=frozenset
         raise RecipeError(problems)
     loaded.data.pop("extends", None)
     for item in overrides:
-        problems += apply_override(loaded, item)
-    problems += check_env_refs(loaded)
-    problems += render_templates(loaded, raw_paths)
-    if problems:
-        raise RecipeError(problems)
+        loaded.problems += apply_override(loaded, item)
+    loaded.problems += check_env_refs(loaded)
+    loaded.problems += render_templates(loaded, raw_paths)
+    if loaded.problems and not keep_problems:
+        raise RecipeError(loaded.problems)
     return loaded
 
 
@@ -135,17 +141,18 @@ def apply_override(loaded: Loaded, item: str) -> list[Problem]:
     """`--set a.b.0.c=VALUE`: VALUE is read as a YAML scalar (or flow list/mapping)."""
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
-        return [Problem("--set", None, None, "$", f"'{item}' is not KEY=VALUE",
+        return [Problem("--set", None, None, "$", f"{quoted(item)} is not KEY=VALUE",
                         "example: --set training.max_steps=10")]
     value, _, problems = parse_yaml(raw if raw.strip() else "''", "--set")
-    if problems:
-        return [Problem("--set", None, None, key, p.message, p.hint) for p in problems]
     parts = tuple(int(p) if p.isdigit() else p for p in key.strip().split("."))
+    if problems:
+        return [Problem("--set", None, None, render_path(parts), p.message, p.hint) for p in problems]
     target = loaded.data
     for depth, part in enumerate(parts[:-1]):
         nxt = target[part] if _has(target, part) else None
         if nxt is None and isinstance(target, dict):
             nxt = target[part] = {}
+            loaded.origins[parts[:depth + 1]] = SET_ORIGIN  # a typo'd key is reported at --set
         if not isinstance(nxt, (dict, list)):
             return [Problem("--set", None, None, render_path(parts[:depth + 1]),
                             f"cannot set {key}: {render_path(parts[:depth + 1])} is not a mapping or list")]
@@ -230,4 +237,4 @@ def _display(path: Path) -> str:
 
 
 def dump_yaml(data) -> str:
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+    return dump(data, width=100)

@@ -33,6 +33,7 @@ def package_versions(names=PACKAGES) -> dict[str, str | None]:
 class Manifest:
     def __init__(self, run_dir: Path, loaded):
         self.path = run_dir / "manifest.json"
+        self._clock = time.monotonic()  # the timestamps below are whole seconds: too coarse for wall time
         self.data = {
             "recipe": loaded.data,
             "recipe_files": [str(p) for p in loaded.files],
@@ -59,6 +60,7 @@ class Manifest:
     def finish(self, status: str) -> None:
         self.data["status"] = status
         self.data["finished_at"] = _now()
+        self.data["wall_s"] = round(time.monotonic() - self._clock, 3)
         self._write()
 
     def _write(self) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 # Section order is the pipeline order; `model` and `lora` are settings read by later steps.
 STEP_ORDER = ("sources", "cleaning", "pairing", "validation", "chat_template",
-              "training", "evaluation", "export")
+              "training", "evaluation", "gates", "export")
 # The key inside a section that picks its implementation (absent: the "default" one).
 SELECTOR = {"pairing": "strategy", "training": "backend"}
 

@@ -6,9 +6,12 @@ import json
 
 import yaml
 
+from runner.yamlsafe import CoreDumper
+
 
 def _scalar(value) -> str:
-    text = yaml.safe_dump(value, default_flow_style=True, width=10**6, allow_unicode=True)
+    # CoreDumper quotes "1e5" and "yes": read back as YAML 1.2, they would change type
+    text = yaml.dump(value, Dumper=CoreDumper, default_flow_style=True, width=10**6, allow_unicode=True)
     return text.strip().removesuffix("...").strip()
 
 

@@ -7,11 +7,12 @@ import functools
 import json
 from pathlib import Path
 
-from runner.errors import Problem, RecipeError
+from runner.errors import Problem, RecipeError, quoted
 from runner.loader import Loaded, load_recipe
 from runner.yamlsafe import render_path
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "recipe.schema.json"
+YAML_11_BOOLEANS = {"yes", "no", "on", "off", "y", "n"}  # booleans to PyYAML, strings to YAML 1.2
 
 
 @functools.lru_cache(maxsize=1)
@@ -54,7 +55,14 @@ def raw_paths() -> frozenset:
 
 def check(loaded: Loaded) -> list[Problem]:
     """Every schema violation, located in the file (or --set) that set the value."""
-    problems = [_problem(loaded, error) for error in _validator().iter_errors(loaded.data)]
+    errors = list(_validator().iter_errors(loaded.data))
+    # a bad selector value fails both its enum and the const of a conditional branch: say it once
+    enum_paths = {tuple(e.absolute_path) for e in errors if e.validator == "enum"}
+    errors = [e for e in errors if not (e.validator == "const" and tuple(e.absolute_path) in enum_paths)]
+    return _in_order([_problem(loaded, error) for error in errors])
+
+
+def _in_order(problems: list[Problem]) -> list[Problem]:
     return sorted(problems, key=lambda p: (p.file, p.line or 0, p.col or 0, p.path))
 
 
@@ -69,15 +77,17 @@ def _problem(loaded: Loaded, error) -> Problem:
                               _suggest(key, allowed, "allowed keys: " + ", ".join(allowed)))
     if kind == "enum":
         options = [str(o) for o in error.validator_value]
-        return loaded.problem(path, f"{value!r} is not one of: {', '.join(options)}",
+        return loaded.problem(path, f"{quoted(value)} is not one of: {', '.join(options)}",
                               _suggest(str(value), options, ""))
     if kind == "const":
-        return loaded.problem(path, f"{value!r} must be {error.validator_value!r}")
+        return loaded.problem(path, f"{quoted(value)} must be {error.validator_value!r}")
     if kind == "type":
         wanted = error.validator_value
         wanted = " or ".join(wanted) if isinstance(wanted, list) else wanted
-        return loaded.problem(path, f"expected {wanted}, got {type(value).__name__} {value!r}",
-                              _description(error.schema))
+        hint = _description(error.schema)
+        if "boolean" in wanted and str(value).lower() in YAML_11_BOOLEANS:
+            hint = f"YAML 1.2 reads {value} as a string: write true or false"
+        return loaded.problem(path, f"expected {wanted}, got {type(value).__name__} {quoted(value)}", hint)
     if kind == "required":
         missing = error.message.split("'")[1] if "'" in error.message else "?"
         where = loaded.origin(path)
@@ -87,7 +97,9 @@ def _problem(loaded: Loaded, error) -> Problem:
     if kind in ("anyOf", "oneOf") and error.context:
         from jsonschema.exceptions import best_match
         return _problem(loaded, best_match(error.context))
-    return loaded.problem(path, error.message, _description(error.schema))
+    # jsonschema's own messages start with the whole value's repr: quote it cut instead
+    message = error.message.replace(repr(value), quoted(value), 1)
+    return loaded.problem(path, message, _description(error.schema))
 
 
 def _suggest(word: str, options: list[str], fallback: str) -> str:
@@ -101,7 +113,8 @@ def _description(node: dict) -> str:
 
 
 def fill_defaults(instance, node: dict, top: bool = True):
-    """Insert the schema's defaults for absent keys (absent top-level sections stay absent)."""
+    """Insert the schema's defaults for absent keys (absent top-level sections stay absent), and
+    make whole numbers of integer keys ints (YAML 1.2 reads `1e5` as a float; steps want ints)."""
     from jsonschema import Draft202012Validator
     node = _deref(node)
     if isinstance(instance, dict):
@@ -116,19 +129,30 @@ def fill_defaults(instance, node: dict, top: bool = True):
             if key not in instance and "default" in sub and not skip:
                 instance[key] = json.loads(json.dumps(sub["default"]))
             if key in instance:
+                instance[key] = _declared_integer(instance[key], sub)
                 fill_defaults(instance[key], sub, top=False)
     elif isinstance(instance, list) and isinstance(node.get("items"), dict):
-        for item in instance:
-            fill_defaults(item, node["items"], top=False)
+        for index, item in enumerate(instance):
+            instance[index] = _declared_integer(item, _deref(node["items"]))
+            fill_defaults(instance[index], node["items"], top=False)
     return instance
+
+
+def _declared_integer(value, node: dict):
+    kinds = node.get("type")
+    kinds = kinds if isinstance(kinds, list) else [kinds]
+    whole = isinstance(value, float) and value.is_integer()
+    return int(value) if whole and "integer" in kinds and "number" not in kinds else value
 
 
 def load_and_validate(path, overrides=()) -> Loaded:
     """Load a recipe, validate it against the schema and the step registry, fill defaults."""
-    loaded = load_recipe(path, overrides, raw_paths())
-    problems = check(loaded)
+    loaded = load_recipe(path, overrides, raw_paths(), keep_problems=True)
+    seen = {p.path for p in loaded.problems}
+    # a value already reported by the loader (a failed template, say) is not reported twice
+    problems = loaded.problems + [p for p in check(loaded) if p.path not in seen]
     if problems:
-        raise RecipeError(problems)
+        raise RecipeError(_in_order(problems))
     fill_defaults(loaded.data, schema())
     from runner.plan import check_sections, settings_sections_used
     problems = check_sections(loaded)

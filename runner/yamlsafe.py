@@ -3,20 +3,84 @@
 PyYAML's safe loader still accepts duplicate keys (the last wins) and expands aliases without
 limit. Recipes are shared between teams, so here a duplicate key is an error, only plain data
 tags are allowed, and alias expansion is capped (a billion-laughs file fails fast).
+
+Plain scalars are typed by the YAML 1.2 core schema, not PyYAML's YAML 1.1 rules: `2e-4` and
+`1e5` are numbers (1.1 reads them as strings), `010` is ten, and `yes`/`on` stay strings.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 
 import yaml
-import yaml.constructor
 
-from runner.errors import Problem
+from runner.errors import Problem, quoted
 
 MAX_VALUES = 100_000
-_PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in
+_TAG = "tag:yaml.org,2002:"
+_PLAIN_TAGS = {_TAG + t for t in
                ("str", "int", "float", "bool", "null", "timestamp", "seq", "map", "merge")}
+
+# The YAML 1.2 core schema (https://yaml.org/spec/1.2.2/#1032-tag-resolution), plus the `<<`
+# merge key, which recipes may use and which YAML 1.2 dropped.
+CORE_RESOLVERS = (
+    ("bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    ("null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+    ("int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+    ("float", r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+              r"|[-+]?\.(?:inf|Inf|INF)|\.nan|\.NaN|\.NAN)$", "-+0123456789."),
+    ("merge", r"^<<$", "<"),
+)
+
+
+class CoreLoader(yaml.SafeLoader):
+    """SafeLoader whose plain scalars resolve by the YAML 1.2 core schema."""
+
+
+CoreLoader.yaml_implicit_resolvers = {}
+for _name, _pattern, _first in CORE_RESOLVERS:
+    CoreLoader.add_implicit_resolver(_TAG + _name, re.compile(_pattern), list(_first))
+
+
+class CoreDumper(yaml.SafeDumper):
+    """SafeDumper that quotes a string a YAML 1.1 or a YAML 1.2 reader would take for a number,
+    boolean or null, so what it writes reads back the same everywhere."""
+
+
+CoreDumper.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeDumper.yaml_implicit_resolvers.items()}
+for _name, _pattern, _first in CORE_RESOLVERS:
+    CoreDumper.add_implicit_resolver(_TAG + _name, re.compile(_pattern), list(_first))
+
+
+def dump(data, **options) -> str:
+    """YAML text of plain data, readable back unchanged by parse_yaml (and any YAML reader)."""
+    return yaml.dump(data, Dumper=CoreDumper, sort_keys=False, allow_unicode=True, **options)
+
+
+def core_scalar(tag: str, text: str):
+    """The value of a scalar of a plain-data tag, as the YAML 1.2 core schema reads it."""
+    kind = tag.removeprefix(_TAG)
+    if kind == "null":
+        return None
+    if kind == "bool":
+        if text.lower() not in ("true", "false"):
+            raise ValueError(f"{text!r} is not true or false")
+        return text.lower() == "true"
+    if kind == "int":
+        body = text.lstrip("+-")
+        sign = -1 if text.startswith("-") else 1
+        if body[:2] in ("0o", "0x"):
+            return sign * int(body[2:], 8 if body[1] == "o" else 16)
+        return sign * int(body, 10)
+    if kind == "float":
+        special = text.lstrip("+-").lower()
+        if special in (".inf", ".nan"):
+            value = math.inf if special == ".inf" else math.nan
+            return -value if text.startswith("-") else value
+        return float(text)
+    return text  # str, and timestamps: the schema says which keys take dates
 
 
 @dataclass(frozen=True)
@@ -35,7 +99,6 @@ class _Builder:
         self.origins: dict[tuple, Origin] = {}
         self.problems: list[Problem] = []
         self.count = 0
-        self.constructor = yaml.constructor.SafeConstructor()
 
     def origin(self, node) -> Origin:
         mark = node.start_mark
@@ -62,9 +125,12 @@ class _Builder:
                 self.origins[path + (index,)] = self.origin(child)
                 items.append(self.build(child, path + (index,)))
             return items
-        if node.tag.endswith(":timestamp"):
-            return node.value  # dates stay strings: the schema says which keys take dates
-        return self.constructor.construct_object(node)
+        try:
+            return core_scalar(node.tag, node.value)
+        except ValueError:
+            self.problem(node, path, f"{quoted(node.value)} cannot be read as "
+                         f"{node.tag.replace(_TAG, '!!')}", "fix the value or remove the tag")
+            return None
 
     def build_mapping(self, node, path: tuple) -> dict:
         result: dict = {}
@@ -100,7 +166,7 @@ def parse_yaml(text: str, file: str, root_path: tuple = ()) -> tuple[object, dic
     """Parse one YAML document into (data, origins by path, problems)."""
     builder = _Builder(file)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=CoreLoader)
     except yaml.MarkedYAMLError as exc:
         return None, {}, [_syntax_problem(exc, file, text)]
     if node is None:

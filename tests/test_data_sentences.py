@@ -6,7 +6,13 @@ from collections import Counter
 
 from runner.data.doc_cleaner import DocumentCleaner
 from runner.data.md_sections import heading_paths, split_sections
-from runner.data.sentences import SentenceFilter, cut_at_sentence_end, split_original, split_smart
+from runner.data.sentences import (
+    SentenceFilter,
+    cut_at_sentence_end,
+    split_original,
+    split_smart,
+    without_last_sentence,
+)
 
 TEXT = ("Use a list, e.g. a stack. It works, i.e. mostly. New in version 3.11. The value 3.14 "
         "is pi. 4.2. for Statements loop. See section 3. then go on. Dr. Smith wrote it! Why? "
@@ -61,6 +67,14 @@ def test_cut_at_sentence_end_prefers_a_sentence_end_then_a_word_boundary():
     assert cut_at_sentence_end(text, 40) == "First sentence is here."
     assert cut_at_sentence_end("word " * 40, 52) == ("word " * 10).strip()
     assert cut_at_sentence_end("short", 10) == "short"
+
+
+def test_a_strict_cut_ends_at_a_sentence_end_or_gives_nothing():
+    text = "One short one. Then a much longer second sentence that runs past the limit."
+    assert cut_at_sentence_end(text, 60, word_fallback=False) == "One short one."
+    assert cut_at_sentence_end("word " * 40, 52, word_fallback=False) == ""
+    assert without_last_sentence("The first sentence. Then this one:") == "The first sentence."
+    assert without_last_sentence("Only one sentence here:") == ""
 
 
 MARKDOWN = """intro text

@@ -115,7 +115,8 @@ def test_consecutive_sentences_pairs_neighbours_within_a_document(tmp_path):
         ("The second sentence ", "The third sentence c")]
     assert pairs_of(root)[0]["provenance"] == {"document_id": "d1",
                                                "url": "https://example.org/d1",
-                                               "heading_path": []}
+                                               "heading_path": [],
+                                               "instruction_source": "document_text"}
 
 
 def test_heading_sections_needs_cleaning_to_keep_headings(tmp_path):
@@ -132,7 +133,8 @@ def test_heading_sections_pairs_each_section_with_its_heading(tmp_path):
     assert pairs[1]["instruction"] == ("What does the Python documentation say about Making a "
                                        "Widget (Widgets)?")
     making = pairs[1]["response"]
-    assert "```" not in making and "constructor returns" in making
+    # Code stays by default, whole and fenced with its language.
+    assert '```python\nw = Widget("x")\n```' in making and "constructor returns" in making
     assert "Options" not in making   # level 3 is within max_heading_level: its own section
     assert pairs[3]["provenance"]["heading_path"] == ["Widgets", "Navigation"]
 
@@ -155,7 +157,7 @@ def test_heading_sections_options_code_depth_and_limits(tmp_path):
 
 @pytest.mark.parametrize("template, message", [
     ("{{ heading", "pairing.instruction_template: unexpected end of template"),
-    ("{{ topic }}", "pairing.instruction_template: 'topic' is undefined"),
+    ("{{ subject }}", "pairing.instruction_template: 'subject' is undefined"),
     ("{{ heading.__class__.__mro__ }}", "pairing.instruction_template"),
 ])
 def test_a_bad_template_is_a_step_error_naming_the_setting(tmp_path, template, message):
@@ -272,14 +274,16 @@ GOLDEN_HEADINGS = [
                  "object; see io for details. Files opened in text mode decode bytes with an "
                  "encoding (UTF 8 by default since version 3.15, i.e. in new releases).",
      "provenance": {"document_id": "g", "url": "https://example.org/g",
-                    "heading_path": ["Reading Files"]}},
+                    "heading_path": ["Reading Files"], "instruction_source": "template"}},
     {"instruction": "What does the Python documentation say about Closing files (Reading "
                     "Files)?",
      "response": "Always close a file when you are done with it. The statement closes the file "
-                 "for you, even when an exception is raised inside the block:\n\nForgetting "
+                 "for you, even when an exception is raised inside the block:\n\n```python\n"
+                 "with open(\"a.txt\") as f:\n    data = f.read()\n```\n\nForgetting "
                  "to close files can leak resources in long running programs.",
      "provenance": {"document_id": "g", "url": "https://example.org/g",
-                    "heading_path": ["Reading Files", "Closing files"]}},
+                    "heading_path": ["Reading Files", "Closing files"],
+                    "instruction_source": "template"}},
 ]
 
 
@@ -294,6 +298,15 @@ def test_golden_heading_sections_with_default_rules(tmp_path):
     assert pairs_of(root, "validation") == GOLDEN_HEADINGS
     assert json.loads((root / "validation" / "pairs.jsonl").read_text().splitlines()[0]) == \
         GOLDEN_HEADINGS[0]
+
+
+def test_without_code_the_sentence_that_introduced_it_goes_too(tmp_path):
+    root = run_data_steps(tmp_path, [doc(GOLDEN_MD, "g", title="Reading Files")], {
+        "cleaning": {"keep_headings": True},
+        "pairing": {"strategy": "heading_sections", "keep_code": False}})
+    closing = pairs_of(root, "validation")[1]["response"]
+    assert closing == ("Always close a file when you are done with it.\n\nForgetting to close "
+                       "files can leak resources in long running programs.")
 
 
 GOLDEN_SENTENCES = [
@@ -347,3 +360,28 @@ def test_page_title_leaves_out_the_site_name():
         "re — Regular expression operations"
     assert page_title("4. More Control Flow Tools") == "More Control Flow Tools"
     assert page_title("Pandas - Getting started | pandas docs") == "Pandas - Getting started"
+
+
+def test_instructions_name_callables_and_qualify_generic_or_repeated_headings(tmp_path):
+    api = "# {module}\n\n## dump()\n\nWrites the {module} form of an object to a file object.\n"
+    documents = [doc(api.format(module=m), m, title=m) for m in ("json", "pickle", "marshal")]
+    documents.append(doc("# collections\n\n## Counter objects\n\nA counter tool counts items.\n\n"
+                         "### Examples\n\nCounting words in a list of words is a common task.\n\n"
+                         "## class ChainMap\n\nGroups several mappings into a single view.\n",
+                         "c", title="collections"))
+    root = run_data_steps(tmp_path, documents, HEADINGS, until="pairing")
+    instructions = [p["instruction"] for p in pairs_of(root)]
+    assert "What does json.dump() do?" in instructions      # a callable, named with its module
+    assert "What is the collections.ChainMap class?" in instructions
+    assert ("What does the Python documentation say about Examples for Counter objects "
+            "(collections)?") in instructions
+    stats = read_json(root / "cleaning" / "stats.json")
+    assert "dump()" in stats["repeated_headings"]            # in 3 documents: generic there
+
+
+def test_markdown_admonition_titles_and_footnotes_are_not_left_as_furniture(tmp_path):
+    text = ("# Widgets\n\nWidgets are built by factories in every toolkit we know of.\n\nNote\n\n"
+            "Factories are not thread-safe.[^1]\n\nFootnotes\n\n[^1]: Since version 2.\n")
+    root = run_data_steps(tmp_path, [doc(text)], HEADINGS, until="pairing")
+    assert pairs_of(root)[0]["response"] == ("Widgets are built by factories in every toolkit we "
+                                             "know of.\n\nNote: Factories are not thread safe.")

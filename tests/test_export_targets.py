@@ -1,5 +1,6 @@
 """The export step on the tiny model: lora and merged_16bit written, reloaded, logits checked;
-targets that need what this machine lacks stop at once with what to do, before writing anything."""
+targets that need what this machine lacks stop at once with what to do, before writing anything;
+GGUF of the tiny model's home-made tokenizer is refused by the converter, saying why."""
 
 from __future__ import annotations
 
@@ -84,12 +85,27 @@ def failed_export(tmp_path, **values) -> str:
 
 
 def test_gguf_without_a_converter_names_what_is_missing(tmp_path, monkeypatch):
+    from runner.infer import gguf_export
+
     for name in ("LLAMA_CPP_DIR", "LLAMA_CPP_CONVERTER"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
-    message = failed_export(tmp_path, targets=["lora", "gguf"], gguf_quantization="q4_k_m")
-    assert "convert_hf_to_gguf.py" in message and "LLAMA_CPP_DIR" in message
-    assert "llama-quantize" in message
+    monkeypatch.setattr(gguf_export, "CONVERTER_FOLDER", "no-converter-here")  # as before make install
+    message = failed_export(tmp_path, targets=["lora", "gguf"], gguf_outtypes=["q8_0", "q4_k_m"])
+    assert "convert_hf_to_gguf.py" in message and "make install" in message
+    assert "LLAMA_CPP_DIR" in message and "q4_k_m needs llama.cpp's llama-quantize" in message
+
+
+def test_gguf_of_a_tokenizer_trained_here_says_why_the_converter_refuses_it(tmp_path):
+    """The tiny model's tokenizer is trained by the project: llama.cpp's converter recognises
+    tokenizers by the ids they give a probe text, and refuses one it does not know."""
+    run = copy_run(tmp_path)
+    ctx = make_ctx(run, "export", section_settings("export", targets=["gguf"]), ["training"])
+    with pytest.raises(StepError) as caught:
+        export(ctx)
+    assert "convert_hf_to_gguf.py (q8_0) failed" in str(caught.value)
+    assert "match no model it knows" in str(caught.value)
+    assert not (ctx.out_dir / ".merged-for-gguf").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")

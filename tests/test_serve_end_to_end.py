@@ -66,8 +66,9 @@ def test_run_export_serve_and_chat(tmp_path, cli):
     run = tmp_path / "runs" / "serve_e2e"
 
     answers = list(read_jsonl(run / "evaluation" / "answers.jsonl"))
-    assert [(a["prompt"][:4], a["reasoning_effort"]) for a in answers] == [
-        ("What", "low"), ("What", "medium"), ("Wrap", "high")]
+    assert [(a["prompt"][:4], a["reasoning_effort"], a["model"]) for a in answers] == [
+        (prompt, effort, model) for prompt, effort in (("What", "low"), ("What", "medium"), ("Wrap", "high"))
+        for model in ("base", "tuned")]
     held_out = read_json(run / "evaluation" / "held_out.json")
     assert held_out["base"]["loss"] and held_out["tuned"]["loss"]
     report = read_json(run / "export" / "export_report.json")

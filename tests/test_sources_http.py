@@ -128,3 +128,15 @@ def test_unreachable_server_gives_the_troubleshooting_message(tmp_path):
     message = str(caught.value)
     assert "no page was collected" in message and "connection x1" in message
     assert "Troubleshooting" in message and "attempt(s)" in message
+
+
+def test_a_fetched_page_that_cannot_be_converted_is_counted_not_swallowed(tmp_path):
+    root = generated_docs(tmp_path / "site")
+    (root / "broken.html").write_text("<?xml version='1.0'?><!-- nothing but a comment -->")
+    with DocServer(root) as server:
+        metrics, docs, outcomes = run_sources(make_ctx(tmp_path, [
+            http_entry(server, ["/tutorial/modules.html", "/broken.html"])]))
+    assert [d["url"].rsplit("/", 1)[1] for d in docs] == ["modules.html"]
+    assert metrics["entries"][0]["conversion_failed_by_reason"] == {"html_parse_error": 1}
+    broken = next(o for o in outcomes if o["url"].endswith("/broken.html"))
+    assert broken["status"] == "fetched" and broken["conversion"]["reason"] == "html_parse_error"

@@ -22,7 +22,10 @@ def test_module_docstrings_become_headed_sections(tmp_path):
     lines = markdown.splitlines()
     assert "## dumps()" in lines and "## class JSONDecoder" in lines
     assert "### JSONDecoder.decode()" in lines
-    assert "Serialize ``obj`` to a JSON formatted ``str``." in markdown
+    # reST literals and roles become inline code (":mod:`json`" would be residue in a pair).
+    assert "Serialize `obj` to a JSON formatted `str`." in markdown
+    assert "`json` exposes an API familiar to users of the standard library" in markdown
+    assert ":mod:" not in markdown
     assert any(line.startswith("`dumps(obj, *, skipkeys=False") for line in lines)
     assert json_doc["metadata"]["python"] == sys.version.split()[0]
 

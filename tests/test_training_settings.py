@@ -52,8 +52,8 @@ def test_eval_split_and_padding_free_reach_the_config(tmp_path):
                                plan_for(training, tiny_model(), "cpu"), output_dir=tmp_path,
                                has_eval=True)
     assert kwargs["eval_strategy"] == "steps" and kwargs["eval_steps"] == 7
-    # TRL refuses padding-free without packing when it would truncate; rows come pre-cut.
-    assert kwargs["padding_free"] and kwargs["max_length"] is None
+    # Our collator packs; TRL's own packing / padding-free (contaminated for GPT-OSS) stay off.
+    assert not kwargs["padding_free"] and not kwargs["packing"] and kwargs["max_length"] == 256
     assert kwargs["gradient_checkpointing"] is False
 
 

@@ -59,7 +59,7 @@ class Reservoir:
 
 
 def build_report(cleaning: dict, pairing: dict, validation: dict, histograms: dict,
-                 examples: list[dict]) -> dict:
+                 examples: list[dict], scorecard: dict | None = None) -> dict:
     sentences = cleaning.get("sentences", {})
     stages = [
         {"stage": "documents", "in": cleaning.get("documents", 0),
@@ -77,7 +77,7 @@ def build_report(cleaning: dict, pairing: dict, validation: dict, histograms: di
         stages.insert(2, {"stage": "sections", "in": None, "out": cleaning.get("sections", 0),
                           "dropped": {}})
     return {"strategy": pairing.get("strategy"), "keep_headings": cleaning.get("keep_headings"),
-            "stages": stages,
+            "stages": stages, "scorecard": scorecard or {}, "teacher": pairing.get("teacher"),
             "rules": cleaning.get("rules", []), "lengths": histograms, "examples": examples}
 
 
@@ -98,6 +98,15 @@ def render_markdown(report: dict, title: str) -> str:
         reasons = ", ".join(f"{r}: {c}" for r, c in stage["dropped"].items() if c) or "-"
         shown_in = "" if stage["in"] is None else f"{stage['in']:,}"
         lines.append(f"| {stage['stage']} | {shown_in} | {stage['out']:,} | {reasons} |")
+    if report.get("scorecard"):
+        from runner.data.scorecard import rows
+        lines += ["", "## Data-quality scorecard (kept pairs; definitions in runner/data/scorecard.py)",
+                  "", "| measure | share | count |", "|---|---:|---|"]
+        lines += [f"| {label} | {share} | {count} |" for label, share, count in rows(report["scorecard"])]
+    if report.get("teacher"):
+        from runner.data.teacher_stats import teacher_rows
+        lines += ["", "## Teacher", "", "| | |", "|---|---|"]
+        lines += [f"| {label} | {value} |" for label, value in teacher_rows(report["teacher"])]
     if report["rules"]:
         both = report.get("keep_headings")
         lines += ["", "## Characters removed per cleaning rule", "",

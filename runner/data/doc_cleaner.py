@@ -18,6 +18,7 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import groupby
 
 from runner.data.md_sections import heading_paths, split_sections
 from runner.data.sentences import SPLITTERS, SentenceFilter
@@ -26,7 +27,16 @@ from runner.data.text_rules import apply_rules, build_rules, clean_heading
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
 _LIST_ITEM = re.compile(r"\n(?=[ \t]*(?:[-*+]|\d+[.)])[ \t])")
 _THEMATIC_BREAK = re.compile(r"^\s*([-*_])(\s*\1){2,}\s*$")
+_ADMONITION_TITLES = frozenset(["note", "warning", "tip", "hint", "important", "caution", "danger",
+                                "attention", "see also", "seealso"])
+_FOOTNOTE_TITLES = frozenset(["footnotes", "footnote"])
+_FOOTNOTE_MARK = re.compile(r"\[\^[\w-]+\](?!:)")
+_FOOTNOTE_DEFINITION = re.compile(r"^\s*\[\^[\w-]+\]:")
 PASSED_THROUGH = ("id", "source", "url", "path", "title", "metadata", "qa", "messages")
+# A heading in this many documents names a kind of section ("Examples", "dump()"), not a subject.
+REPEATED_IN = 3
+REPEATED_KEPT = 5000          # the most common ones are recorded (stats.json stays small)
+HEADING_COUNTED_CHARS = 60    # longer headings are subjects; counting them costs memory only
 
 
 @dataclass
@@ -40,6 +50,7 @@ class DocStats:
     dropped: Counter = field(default_factory=Counter)
     sections: int = 0
     empty: bool = False
+    headings: frozenset = frozenset()       # casefolded, distinct, short ones only
 
 
 class DocumentCleaner:
@@ -64,6 +75,8 @@ class DocumentCleaner:
         if self.keep_headings:
             out["sections"] = self.sections(markdown, stats.removed_in_sections)
             stats.sections = len(out["sections"])
+            stats.headings = frozenset(s["heading"].casefold() for s in out["sections"]
+                                       if s["heading"] and len(s["heading"]) <= HEADING_COUNTED_CHARS)
         stats.empty = not (out["sentences"] or out.get("sections") or "qa" in doc
                            or "messages" in doc)
         return out, stats
@@ -73,8 +86,8 @@ class DocumentCleaner:
         headings = [clean_heading(section.heading) for section in raw]
         result = []
         for section, heading, path in zip(raw, headings, heading_paths(raw, headings), strict=True):
-            blocks = [block for kind, text, lang in section.blocks
-                      for block in self._blocks(kind, text, lang, removed)]
+            blocks = without_furniture([block for kind, text, lang in section.blocks
+                                        for block in self._blocks(kind, text, lang, removed)])
             if heading or blocks:
                 result.append({"heading": heading, "level": section.level,
                                "heading_path": path, "blocks": blocks})
@@ -92,17 +105,43 @@ class DocumentCleaner:
                 yield {"text": cleaned}
 
 
+def without_furniture(blocks: list[dict]) -> list[dict]:
+    """A lone admonition title ("Note", "See also") joins the paragraph after it as "Note: ...";
+    a "Footnotes" line and markdown footnote marks (`[^1]`, `[^1]: text`) go. HTML pages have
+    this done on their structure already (html_structure.py); this catches markdown sources."""
+    result: list[dict] = []
+    pending = ""
+    for block in blocks:
+        text = block.get("text")
+        if text is None:
+            if pending:
+                result.append({"text": f"{pending}:"})
+                pending = ""
+            result.append(block)
+            continue
+        text = _FOOTNOTE_MARK.sub("", text)
+        word = text.strip().rstrip(":").casefold()
+        if word in _FOOTNOTE_TITLES or _FOOTNOTE_DEFINITION.match(text) or not text.strip():
+            continue
+        if word in _ADMONITION_TITLES:
+            pending = text.strip().rstrip(":")
+            continue
+        result.append({"text": f"{pending}: {text}" if pending else text})
+        pending = ""
+    return result
+
+
 def _paragraph_rows(prose: str) -> Iterator[list[str]]:
     """Per paragraph, its rows: a table keeps one row per line and a list one item per line
-    (whitespace rules would run them together); a thematic break (---) goes."""
+    (whitespace rules would run them together); a thematic break (---) goes. A table right
+    under a line of prose (no blank line between) is a block of its own."""
     for paragraph in _PARAGRAPH_BREAK.split(prose):
         lines = [line for line in paragraph.splitlines() if line.strip()]
         if not lines or _THEMATIC_BREAK.match(paragraph):
             continue
-        if all(line.lstrip().startswith("|") for line in lines):
-            yield lines
-        else:
-            yield _LIST_ITEM.split(paragraph)
+        for is_table, group in groupby(lines, key=lambda line: line.lstrip().startswith("|")):
+            group = list(group)
+            yield group if is_table else _LIST_ITEM.split("\n".join(group))
 
 
 class CleaningStats:
@@ -116,6 +155,7 @@ class CleaningStats:
         self.removed_in_sections = [0] * len(self.rule_names)
         self.pieces = self.kept = self.sections = 0
         self.dropped: Counter = Counter()
+        self.heading_documents: Counter = Counter()
 
     def add(self, stats: DocStats) -> None:
         self.documents += 1
@@ -128,6 +168,7 @@ class CleaningStats:
         self.kept += stats.kept
         self.sections += stats.sections
         self.dropped.update(stats.dropped)
+        self.heading_documents.update(stats.headings)
 
     def as_dict(self) -> dict:
         return {
@@ -142,6 +183,8 @@ class CleaningStats:
             "keep_headings": self.settings["keep_headings"],
             "sections": self.sections,
             "splitter": self.settings["splitter"],
+            "repeated_headings": sorted(h for h, n in self.heading_documents.most_common(
+                REPEATED_KEPT) if n >= REPEATED_IN),
         }
 
 

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 from runner.data.dedup import ExactDedup
+from runner.data.scorecard import instruction_prefix, response_flags
 
 # The hand-run workflow's final filter: ASCII letters, digits, whitespace and . , ? ! only.
 _OUTSIDE_CHARSET = re.compile(r"[^a-zA-Z0-9\s\.,?!]")
@@ -20,9 +21,10 @@ _ENCODE = json.JSONEncoder(ensure_ascii=False).encode
 
 
 # What a worker sends back for a kept pair: a plain tuple (a NamedTuple pickles 6x slower):
-# (the pair as a JSON line, digest of its normalized instruction or 0 when dedup is off,
-#  instruction chars, response chars, instruction + response for near dedup or None when off)
-Candidate = tuple[str, int, int, int, "str | None"]
+# (the pair as a JSON line, digest of its normalized instruction, instruction chars, response
+#  chars, instruction + response for near dedup or None when off, the scorecard's flags of the
+#  response, the instruction's first words, whether a template wrote the instruction)
+Candidate = tuple[str, int, int, int, "str | None", int, str, bool]
 
 
 class PairChecker:
@@ -43,9 +45,10 @@ class PairChecker:
             if s[f"max_{name}_chars"] and len(text) > s[f"max_{name}_chars"]:
                 return f"{name}_too_long"
         kept = {**pair, "instruction": instruction, "response": response}
-        return (_ENCODE(kept), ExactDedup.digest(instruction) if s["dedup"] == "exact" else 0,
-                len(instruction), len(response),
-                f"{instruction}\n{response}" if s["near_dedup"]["enabled"] else None)
+        source = (pair.get("provenance") or {}).get("instruction_source")
+        return (_ENCODE(kept), ExactDedup.digest(instruction), len(instruction), len(response),
+                f"{instruction}\n{response}" if s["near_dedup"]["enabled"] else None,
+                response_flags(response), instruction_prefix(instruction), source == "template")
 
 
 _checker: PairChecker | None = None
@@ -61,10 +64,13 @@ def check_line(line: str) -> Candidate | str:
 
 
 class Deduplicator:
-    """Exact dedup of normalized instructions, then near dedup, over candidates in order."""
+    """Exact dedup of normalized instructions, then near dedup, over candidates in order.
+    With `dedup: none`, exact repeats are kept but still counted (`exact_repeats`)."""
 
     def __init__(self, settings: dict):
-        self.exact = ExactDedup() if settings["dedup"] == "exact" else None
+        self.exact = ExactDedup()
+        self.drop_exact = settings["dedup"] == "exact"
+        self.exact_repeats = 0
         near = settings["near_dedup"]
         self.near = None
         if near["enabled"]:
@@ -72,10 +78,10 @@ class Deduplicator:
             self.near = NearDedup(near["threshold"], near["num_perm"], near["shingle_size"])
 
     def kept(self, batch: list[Candidate], dropped: Counter) -> Iterator[Candidate]:
-        repeats = (self.exact.duplicate_digests([c[1] for c in batch]) if self.exact
-                   else [False] * len(batch))
+        repeats = self.exact.duplicate_digests([c[1] for c in batch])
+        self.exact_repeats += sum(repeats)
         for candidate, repeated in zip(batch, repeats, strict=True):
-            if repeated:
+            if repeated and self.drop_exact:
                 dropped["duplicate_instruction"] += 1
             elif self.near is not None and self.near.is_duplicate(candidate[4]):
                 dropped["near_duplicate"] += 1

@@ -113,9 +113,10 @@ class SentenceFilter:
         return kept
 
 
-def cut_at_sentence_end(text: str, limit: int) -> str:
+def cut_at_sentence_end(text: str, limit: int, word_fallback: bool = True) -> str:
     """At most `limit` characters, ending at a sentence end when one lies in the second half of
-    the window, else at a word boundary."""
+    the window, else at a word boundary; without `word_fallback`, at the last sentence end in
+    the window wherever it lies, or "" when there is none."""
     if len(text) <= limit:
         return text
     window = text[:limit]
@@ -123,7 +124,16 @@ def cut_at_sentence_end(text: str, limit: int) -> str:
     for end in sentence_ends(window + " "):
         if end <= limit:
             best = end
+    if not word_fallback:
+        return window[:best].rstrip()
     if best >= limit // 2:
         return window[:best].rstrip()
     space = window.rfind(" ")
     return (window[:space] if space >= limit // 2 else window).rstrip()
+
+
+def without_last_sentence(text: str) -> str:
+    """The text up to the end of its second-to-last sentence ("" for a single sentence)."""
+    text = text.rstrip()
+    ends = [end for end in sentence_ends(text + " ") if end < len(text)]
+    return text[:ends[-1]].rstrip() if ends else ""

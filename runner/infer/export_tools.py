@@ -1,6 +1,7 @@
-"""The export targets that need outside tools: GGUF (llama.cpp), MXFP4 (Unsloth + llm-compressor)
-and the Hub. Each has a preflight that runs before anything is written and says exactly what is
-missing, so an export never hangs on a network it does not have or stops half-way."""
+"""The export targets that need outside tools: MXFP4 (Unsloth + llm-compressor) and the Hub
+(GGUF, through llama.cpp's converter, is runner/infer/gguf_export.py). Each has a preflight that
+runs before anything is written and says exactly what is missing, so an export never hangs on a
+network it does not have or stops half-way."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 from contextlib import contextmanager
 from importlib import metadata, util
@@ -17,72 +17,8 @@ from urllib.parse import urlsplit
 
 from runner.errors import StepError
 
-GGUF_OUTTYPES = {"q8_0": "q8_0", "f16": "f16", "bf16": "bf16", "q4_k_m": "f16"}
 HUB_SUFFIX = {"lora": "", "merged_16bit": "-merged-16bit", "mxfp4": "-mxfp4"}
 HUB_CONNECT_TIMEOUT_S = 5.0
-
-
-# --- GGUF -------------------------------------------------------------------------------------
-
-def find_gguf_converter() -> Path | None:
-    """llama.cpp's convert_hf_to_gguf.py: $LLAMA_CPP_CONVERTER, $LLAMA_CPP_DIR, or on PATH."""
-    candidates = [os.environ.get("LLAMA_CPP_CONVERTER", "")]
-    if os.environ.get("LLAMA_CPP_DIR"):
-        candidates.append(str(Path(os.environ["LLAMA_CPP_DIR"]) / "convert_hf_to_gguf.py"))
-    candidates += [shutil.which("convert_hf_to_gguf.py") or "", shutil.which("convert_hf_to_gguf") or ""]
-    return next((Path(c) for c in candidates if c and Path(c).is_file()), None)
-
-
-def find_llama_quantize() -> str | None:
-    found = shutil.which("llama-quantize")
-    if found or not os.environ.get("LLAMA_CPP_DIR"):
-        return found
-    for sub in ("build/bin/llama-quantize", "llama-quantize"):
-        path = Path(os.environ["LLAMA_CPP_DIR"]) / sub
-        if path.is_file():
-            return str(path)
-    return None
-
-
-def gguf_problems(quantization: str, verify: bool) -> list[str]:
-    converter = find_gguf_converter()
-    problems = []
-    if converter is None:
-        problems.append("llama.cpp's converter convert_hf_to_gguf.py was not found: get llama.cpp "
-                        "(git clone https://github.com/ggml-org/llama.cpp) and set LLAMA_CPP_DIR to "
-                        "its folder, or LLAMA_CPP_CONVERTER to the script, or put the script on PATH")
-    elif not (converter.parent / "gguf-py").is_dir() and util.find_spec("gguf") is None:
-        problems.append(f"{converter} needs the gguf Python package: pip install gguf")
-    if quantization == "q4_k_m" and find_llama_quantize() is None:
-        problems.append("q4_k_m needs llama.cpp's llama-quantize binary (build llama.cpp; put "
-                        "llama-quantize on PATH or in $LLAMA_CPP_DIR/build/bin), or choose "
-                        "export.gguf_quantization q8_0, f16 or bf16")
-    if verify and util.find_spec("gguf") is None:
-        problems.append("loading the GGUF file back (export.verify) needs the gguf Python "
-                        "package: pip install gguf, or set export.verify: false")
-    return problems
-
-
-def convert_to_gguf(merged_dir: Path, out_dir: Path, quantization: str, log) -> Path:
-    """Run the converter (and llama-quantize for k-quants) into out_dir; returns the .gguf file."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / f"model-{quantization}.gguf"
-    first = target if GGUF_OUTTYPES[quantization] == quantization else out_dir / ".model-f16.gguf"
-    _run([sys.executable, str(find_gguf_converter()), str(merged_dir), "--outfile", str(first),
-          "--outtype", GGUF_OUTTYPES[quantization]], "convert_hf_to_gguf.py", log)
-    if first != target:
-        _run([find_llama_quantize(), str(first), str(target), quantization.upper()],
-             "llama-quantize", log)
-        first.unlink()
-    return target
-
-
-def _run(command: list[str], name: str, log) -> None:
-    log(f"running {name}")
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
-        raise StepError(f"{name} failed (exit {done.returncode}):\n{tail}")
 
 
 # --- MXFP4 (Unsloth + llm-compressor) ---------------------------------------------------------

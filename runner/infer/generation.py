@@ -1,4 +1,4 @@
-"""Load a base or tuned model for inference, render a harmony prompt, generate, score held-out rows.
+"""Load a base or tuned model for inference, render a chat prompt, generate, score held-out rows.
 
 Shared by the evaluation step, the export checks and the server. Heavy imports stay inside
 functions so importing this module is cheap.
@@ -14,11 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.errors import StepError
-from runner.infer.harmony_parse import HarmonyParse, parse
+from runner.infer.answer_format import HARMONY, AnswerFormat, PlainAnswer
+from runner.infer.harmony_parse import HarmonyParse
 
-# Harmony ends an assistant turn with <|return|> (answer done) or <|call|> (tool call);
-# <|end|> only closes the analysis message, so generation must go on past it.
-STOP_TOKENS = ("<|return|>", "<|call|>", "<|endoftext|>")
 _DATE_LINE = re.compile(r"Current date: \d{4}-\d{2}-\d{2}")
 
 
@@ -97,18 +95,21 @@ def load_path(path: Path, *, device: str, dtype=None):
     return model, load_tokenizer_from(path, {**settings, "name": base})
 
 
-def render_prompt(tokenizer, prompt: str, *, effort: str = "medium", system_prompt: str = "",
+def render_prompt(tokenizer, prompt: str, *, effort: str | None = "medium", system_prompt: str = "",
                   messages: list[dict] | None = None, chat_template: str | None = None,
                   current_date: str | None = None) -> str:
-    """The chat template with the generation prompt (ends in `<|start|>assistant`)."""
+    """The chat template with the generation prompt (harmony: ends in `<|start|>assistant`).
+
+    effort None: the template takes no reasoning effort (any non-harmony template)."""
     if messages is None:
         messages = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
         messages.append({"role": "user", "content": prompt})
     if chat_template is None and not getattr(tokenizer, "chat_template", None):
         raise StepError("the tokenizer has no chat template: set chat_template.template to a "
                         "Jinja file, or use a model whose tokenizer ships one")
+    options = {} if effort is None else {"reasoning_effort": effort}
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
-                                         reasoning_effort=effort, chat_template=chat_template)
+                                         chat_template=chat_template, **options)
     if current_date:  # the template writes today's date; pin it so answers are reproducible
         text = _DATE_LINE.sub(f"Current date: {current_date}", text, count=1)
     return text
@@ -127,9 +128,9 @@ class GenerationSettings:
         keys = ("max_new_tokens", "temperature", "top_p", "do_sample", "seed")
         return cls(**{k: section[k] for k in keys if k in section})
 
-    def generate_kwargs(self, tokenizer) -> dict:
-        stop = [tokenizer.convert_tokens_to_ids(t) for t in STOP_TOKENS]
-        stop = [i for i in stop if i is not None and i != tokenizer.unk_token_id]
+    def generate_kwargs(self, tokenizer, stop_ids: list[int] | None = None) -> dict:
+        """stop_ids: token ids that end the answer (default: harmony's stop tokens)."""
+        stop = HARMONY.stop_ids(tokenizer) if stop_ids is None else stop_ids
         sample = self.do_sample and self.temperature > 0  # temperature 0 means greedy
         kwargs = dict(max_new_tokens=self.max_new_tokens, do_sample=sample,
                       eos_token_id=stop or tokenizer.eos_token_id,
@@ -144,32 +145,46 @@ class GenerationSettings:
 @dataclass
 class Generation:
     text: str           # decoded new tokens, special tokens kept
-    parsed: HarmonyParse
+    parsed: HarmonyParse | PlainAnswer
     new_tokens: int
     seconds: float
+    ended: bool = True  # a stop token ended it; False: cut off at max_new_tokens
 
     def as_dict(self) -> dict:
-        return {**self.parsed.as_dict(), "raw": self.text, "new_tokens": self.new_tokens,
+        return {**self.parsed.as_dict(), "raw": self.text, "ended": self.ended,
+                "new_tokens": self.new_tokens,
                 "seconds": round(self.seconds, 3),
                 "tokens_per_s": round(self.new_tokens / self.seconds, 2) if self.seconds else None}
 
 
 def generate(model, tokenizer, prompt_text: str, settings: GenerationSettings,
-             streamer=None) -> Generation:
-    """Generate from an already rendered prompt; seeded so a sampled answer is reproducible."""
+             streamer=None, answer_format: AnswerFormat = HARMONY) -> Generation:
+    """Generate from an already rendered prompt; seeded so a sampled answer is reproducible.
+
+    answer_format: how the template ends and lays out an answer (AnswerFormat.from_chat)."""
     import torch
     from transformers import set_seed
 
+    answer_format = answer_format.with_model_stops(tokenizer, model)
+    stop_ids, stop_strings = answer_format.stop_ids(tokenizer), answer_format.stop_strings(tokenizer)
+    kwargs = settings.generate_kwargs(tokenizer, stop_ids)
+    if stop_strings:  # end markers longer than one token: transformers matches them on text
+        kwargs.update(stop_strings=stop_strings, tokenizer=tokenizer)
     inputs = tokenizer(prompt_text, return_tensors="pt", add_special_tokens=False)
     inputs = {k: v.to(model.device) for k, v in inputs.items()}
     set_seed(settings.seed)
     started = time.perf_counter()
     with torch.inference_mode():
-        output = model.generate(**inputs, **settings.generate_kwargs(tokenizer), streamer=streamer)
+        output = model.generate(**inputs, **kwargs, streamer=streamer)
     seconds = time.perf_counter() - started
     new = output[0, inputs["input_ids"].shape[1]:]
     text = tokenizer.decode(new, skip_special_tokens=False)
-    return Generation(text, parse(text), int(new.shape[0]), seconds)
+    by_id = bool(new.numel()) and int(new[-1]) in stop_ids
+    ended = by_id or any(s in text for s in stop_strings)
+    # A plain answer is what came before its stop token (whose text may differ from its name).
+    answer = text if answer_format.harmony or not by_id else tokenizer.decode(
+        new[:-1], skip_special_tokens=False)
+    return Generation(text, answer_format.parse(answer, ended), int(new.shape[0]), seconds, ended)
 
 
 def response_spans(text: str, response_part: str, instruction_part: str) -> list[tuple[int, int]]:

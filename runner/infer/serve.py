@@ -1,8 +1,11 @@
 """`recipe serve TARGET`: an HTTP server for a run's model (OpenAI-compatible + the original API).
 
 TARGET is a run folder (runs/NAME: its export/merged_16bit, else export/lora, else
-training/adapter) or a model/adapter folder. The port opens at once and the model loads in a
-background thread; until it is ready, model endpoints answer 503. Invalid requests get 422.
+training/adapter) or a model/adapter folder. The port opens at once (127.0.0.1 unless --host
+says otherwise) and the model loads in a background thread; until it is ready, model endpoints
+answer 503. Invalid requests get 422, an unknown model 404, a body or max_tokens over the
+limits 413 or 400, a full queue 503 with Retry-After; with RECIPE_SERVE_API_KEY set, a request
+without `Authorization: Bearer <key>` gets 401.
 
     python -m runner.infer.serve runs/python_docs --port 8000
 """
@@ -12,7 +15,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import shlex
 import sys
 import threading
 import time
@@ -20,47 +22,31 @@ import uuid
 from pathlib import Path
 
 from runner.errors import StepError
-from runner.infer.serve_api import ChatRequest, GenerateRequest
+from runner.infer.serve_api import DEFAULT_MAX_TOKENS, ChatRequest, GenerateRequest
+from runner.infer.serve_guard import (
+    API_KEY_ENV,
+    DEFAULT_LIMITS,
+    Admission,
+    GuardMiddleware,
+    ServeLimits,
+    add_limit_arguments,
+    error_response,
+    limits_from_env,
+    overloaded,
+)
+from runner.infer.serve_target import resolve_target, vllm_command
 
-RUN_CANDIDATES = ("export/merged_16bit", "export/lora", "training/adapter")
-
-
-def resolve_target(target: str | Path) -> tuple[Path, str]:
-    """(model or adapter folder, served model name) for a run folder or a model path."""
-    path = Path(target).expanduser().resolve()
-    if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
-        return path, path.name
-    if path.is_dir() and any((path / c).is_dir() for c in ("export", "training")):
-        for candidate in RUN_CANDIDATES:
-            folder = path / candidate
-            if (folder / "config.json").is_file() or (folder / "adapter_config.json").is_file():
-                return folder, path.name
-        raise StepError(f"run folder {path} has no model yet: run the recipe through training "
-                        "(or export) first")
-    raise StepError(f"{target} is neither a run folder (runs/NAME) nor a model folder "
-                    "(config.json or adapter_config.json)")
-
-
-def vllm_command(model_dir: Path, name: str, port: int = 8000) -> str:
-    """The production server line: vLLM's OpenAI-compatible server for the merged model."""
-    model_dir = Path(model_dir)
-    if (model_dir / "adapter_config.json").is_file():
-        config = json.loads((model_dir / "adapter_config.json").read_text())
-        return (f"vllm serve {shlex.quote(str(config.get('base_model_name_or_path')))} "
-                f"--enable-lora --lora-modules {shlex.quote(name)}={shlex.quote(str(model_dir))} "
-                f"--max-lora-rank {config.get('r', 8)} --host 0.0.0.0 --port {port}")
-    return (f"vllm serve {shlex.quote(str(model_dir))} --served-model-name {shlex.quote(name)} "
-            f"--host 0.0.0.0 --port {port}")
-
+__all__ = ["create_app", "main", "resolve_target", "serve", "vllm_command"]
 
 class ModelState:
     """The model and tokenizer once loaded; one generation at a time (the model is shared)."""
 
-    def __init__(self, path: Path, name: str):
-        self.path, self.name = path, name
+    def __init__(self, path: Path, name: str, limits: ServeLimits):
+        self.path, self.name, self.limits = path, name, limits
         self.status, self.error = "loading", ""
         self.model = self.tokenizer = None
         self.lock = threading.Lock()
+        self.admission = Admission(limits.max_waiting)
         self.created = int(time.time())
 
     def load(self) -> None:
@@ -80,11 +66,24 @@ class ModelState:
 
 
 def _unavailable(state: ModelState):
-    from fastapi.responses import JSONResponse
     message = (f"model {state.name} is still loading; retry shortly" if state.status == "loading"
                else f"model {state.name} failed to load: {state.error}")
-    return JSONResponse({"error": {"message": message, "type": "unavailable", "code": 503}},
-                        status_code=503, headers={"Retry-After": "2"})
+    return error_response(503, message, "unavailable", 503, headers={"Retry-After": "2"})
+
+
+def _refusal(state: ModelState, model: str | None, max_tokens: int):
+    """The answer to a request this server will not take on, or None to go ahead."""
+    if state.status != "ready":
+        return _unavailable(state)
+    if model is not None and model != state.name:
+        return error_response(404, f"the model '{model}' does not exist here; this server serves "
+                              f"'{state.name}' (GET /v1/models)", "invalid_request_error",
+                              "model_not_found")
+    if max_tokens > state.limits.max_tokens:
+        return error_response(400, f"max_tokens is too large: {max_tokens}; this server allows at "
+                              f"most {state.limits.max_tokens} (its --max-tokens)",
+                              "invalid_request_error", "max_tokens_too_large")
+    return None
 
 
 def _prompt(state: ModelState, messages: list[dict], effort: str) -> str:
@@ -95,7 +94,11 @@ def _prompt(state: ModelState, messages: list[dict], effort: str) -> str:
 def _run_generation(state: ModelState, prompt: str, settings, streamer=None):
     from runner.infer.generation import generate
     with state.lock:
-        return generate(state.model, state.tokenizer, prompt, settings, streamer)
+        started = time.monotonic()
+        try:
+            return generate(state.model, state.tokenizer, prompt, settings, streamer)
+        finally:
+            state.admission.note_generation(time.monotonic() - started)
 
 
 def _completion(state: ModelState, request: ChatRequest) -> dict:
@@ -113,22 +116,45 @@ def _completion(state: ModelState, request: ChatRequest) -> dict:
                       "total_tokens": prompt_tokens + result.new_tokens}}
 
 
+async def _admitted_completion(state: ModelState, request: ChatRequest):
+    """_completion in a worker thread, if the queue has room; the worker gives the place back."""
+    from fastapi.concurrency import run_in_threadpool
+    if not state.admission.try_enter():
+        return overloaded(state.admission)
+    started = threading.Event()
+
+    def work():
+        started.set()
+        try:
+            return _completion(state, request)
+        finally:
+            state.admission.leave()
+    try:
+        return await run_in_threadpool(work)
+    except BaseException:
+        if not started.is_set():  # cancelled before a thread took it: nobody else will
+            state.admission.leave()
+        raise
+
+
 def _chunk(base: dict, delta: dict, finish: str | None = None) -> bytes:
     from fastapi.sse import format_sse_event
     body = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
     return format_sse_event(data_str=json.dumps(body, ensure_ascii=False))
 
 
-def _stream(state: ModelState, request: ChatRequest):
-    """OpenAI chunk stream: role, then reasoning_content / content deltas, then finish_reason."""
-    from fastapi.sse import format_sse_event
+def _start_stream(state: ModelState, request: ChatRequest):
+    """Start generating now (the worker thread gives the queue place back, whatever the client
+    does); return the OpenAI chunk stream: role, reasoning_content / content deltas, finish."""
     from transformers import TextIteratorStreamer
 
-    from runner.infer.harmony_parse import HarmonyStream
-
-    settings = request.generation_settings()
-    prompt = _prompt(state, request.message_dicts(), request.reasoning_effort)
-    streamer = TextIteratorStreamer(state.tokenizer, skip_prompt=True, skip_special_tokens=False)
+    try:
+        settings = request.generation_settings()
+        prompt = _prompt(state, request.message_dicts(), request.reasoning_effort)
+        streamer = TextIteratorStreamer(state.tokenizer, skip_prompt=True, skip_special_tokens=False)
+    except BaseException:
+        state.admission.leave()  # no worker will
+        raise
     outcome: dict = {}
 
     def work():
@@ -137,8 +163,18 @@ def _stream(state: ModelState, request: ChatRequest):
         except Exception as error:  # surfaced as the stream's last event
             outcome["error"] = f"{type(error).__name__}: {error}"
             streamer.end()
+        finally:
+            state.admission.leave()
 
     threading.Thread(target=work, daemon=True).start()
+    return _stream_chunks(state, settings, streamer, outcome)
+
+
+def _stream_chunks(state: ModelState, settings, streamer, outcome: dict):
+    from fastapi.sse import format_sse_event
+
+    from runner.infer.harmony_parse import HarmonyStream
+
     base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk",
             "created": int(time.time()), "model": state.name}
     yield _chunk(base, {"role": "assistant", "content": ""})
@@ -156,15 +192,13 @@ def _stream(state: ModelState, request: ChatRequest):
     yield format_sse_event(data_str="[DONE]")
 
 
-def create_app(path: Path, name: str, *, autoload: bool = True):
+def create_app(path: Path, name: str, *, autoload: bool = True, limits: ServeLimits = DEFAULT_LIMITS):
     """The FastAPI app; app.state.model is the ModelState (autoload=False: call .load() yourself)."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI
-    from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
-    from fastapi.sse import EventSourceResponse
 
-    state = ModelState(path, name)
+    state = ModelState(path, name, limits)
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -173,43 +207,72 @@ def create_app(path: Path, name: str, *, autoload: bool = True):
         yield
 
     app = FastAPI(title=f"recipe serve: {name}", lifespan=lifespan)
+    app.add_middleware(GuardMiddleware, limits=limits)
     app.state.model = state
+
+    def model_card() -> dict:
+        return {"id": name, "object": "model", "created": state.created, "owned_by": "recipe",
+                "root": str(path)}
 
     @app.get("/health")
     async def health():
         if state.status != "ready":
             return _unavailable(state)
-        return {"status": "ready", "model": name}
+        return {"status": "ready", "model": name, "in_progress": state.admission.active}
 
     @app.get("/v1/models")
     async def models():
         if state.status != "ready":
             return _unavailable(state)
-        return {"object": "list", "data": [{"id": name, "object": "model", "created": state.created,
-                                            "owned_by": "recipe", "root": str(path)}]}
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model}")
+    async def one_model(model: str):
+        return _refusal(state, model, 0) or model_card()
 
     @app.post("/v1/chat/completions")
     async def chat(request: ChatRequest):
-        if state.status != "ready":
-            return _unavailable(state)
-        if request.stream:
-            return EventSourceResponse(iterate_in_threadpool(_stream(state, request)))
-        return await run_in_threadpool(_completion, state, request)
+        return await _chat(state, request)
 
     @app.post("/generate")
     async def generate_original(request: GenerateRequest):
         """The original notebook's API: {prompt, reasoning_effort, max_tokens} -> {response}."""
-        if state.status != "ready":
-            return _unavailable(state)
-        chat_request = request.as_chat()
-        result = await run_in_threadpool(_completion, state, chat_request)
-        message = result["choices"][0]["message"]
-        return {"response": message["content"], "reasoning": message["reasoning_content"] or ""}
+        return await _generate(state, request)
 
     return app
 
 
-def serve(target: str, host: str = "127.0.0.1", port: int = 8000, quiet: bool = False) -> None:
+async def _chat(state: ModelState, request: ChatRequest):
+    from fastapi.concurrency import iterate_in_threadpool
+    from fastapi.sse import EventSourceResponse
+
+    if not {"max_tokens", "max_completion_tokens"} & request.model_fields_set:
+        request.max_tokens = min(DEFAULT_MAX_TOKENS, state.limits.max_tokens)  # unasked: within limits
+    refusal = _refusal(state, request.model, request.requested_tokens())
+    if refusal:
+        return refusal
+    if not request.stream:
+        return await _admitted_completion(state, request)
+    if not state.admission.try_enter():
+        return overloaded(state.admission)
+    return EventSourceResponse(iterate_in_threadpool(_start_stream(state, request)))
+
+
+async def _generate(state: ModelState, request: GenerateRequest):
+    if "max_tokens" not in request.model_fields_set:
+        request.max_tokens = min(DEFAULT_MAX_TOKENS, state.limits.max_tokens)
+    refusal = _refusal(state, None, request.max_tokens)
+    if refusal:
+        return refusal
+    result = await _admitted_completion(state, request.as_chat())
+    if not isinstance(result, dict):  # refused: the queue is full
+        return result
+    message = result["choices"][0]["message"]
+    return {"response": message["content"], "reasoning": message["reasoning_content"] or ""}
+
+
+def serve(target: str, host: str = "127.0.0.1", port: int = 8000, quiet: bool = False,
+          limits: ServeLimits = DEFAULT_LIMITS) -> None:
     """Start the server (blocks); prints where it listens and the vLLM command for production."""
     import uvicorn
 
@@ -220,8 +283,16 @@ def serve(target: str, host: str = "127.0.0.1", port: int = 8000, quiet: bool = 
         raise SystemExit(2) from None
     print(f"serving {path} as '{name}' on http://{host}:{port} (OpenAI API under /v1, "
           f"POST /generate); the model loads in the background, 503 until it is ready", flush=True)
+    print(f"limits: {limits.max_waiting} waiting, bodies up to {limits.max_body_bytes:,} bytes, "
+          f"max_tokens up to {limits.max_tokens}; "
+          + ("API key required" if limits.api_key else f"no API key ({API_KEY_ENV} unset)"), flush=True)
+    if host not in ("127.0.0.1", "localhost", "::1") and not limits.api_key:
+        print(f"warning: listening on {host} without an API key: anyone who reaches this machine "
+              f"can use the model; set {API_KEY_ENV}", file=sys.stderr, flush=True)
     print(f"production: {vllm_command(path, name)}", flush=True)
-    uvicorn.run(create_app(path, name), host=host, port=port,
+    # a connection cap well above the queue bounds memory under a flood of connections
+    uvicorn.run(create_app(path, name, limits=limits), host=host, port=port,
+                limit_concurrency=max(64, 4 * (limits.max_waiting + 1)),
                 log_level="warning" if quiet else "info")
 
 
@@ -232,8 +303,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--quiet", "-q", action="store_true")
+    add_limit_arguments(parser)
     args = parser.parse_args(argv)
-    serve(args.target, host=args.host, port=args.port, quiet=args.quiet)
+    limits = limits_from_env(args.max_waiting, args.max_body_bytes, args.max_tokens, args.api_key_env)
+    serve(args.target, host=args.host, port=args.port, quiet=args.quiet, limits=limits)
 
 
 if __name__ == "__main__":

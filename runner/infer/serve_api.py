@@ -7,7 +7,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Effort = Literal["low", "medium", "high"]
-MAX_TOKENS = 32768
+MAX_TOKENS = 32768         # beyond any model here: 422; the server's own, lower limit gives 400
+DEFAULT_MAX_TOKENS = 256
 
 
 class ChatMessage(BaseModel):
@@ -42,12 +43,15 @@ class ChatRequest(BaseModel):
     def message_dicts(self) -> list[dict]:
         return [m.model_dump(exclude_none=True) for m in self.messages]
 
+    def requested_tokens(self) -> int:
+        return self.max_completion_tokens or self.max_tokens or DEFAULT_MAX_TOKENS
+
     def generation_settings(self):
         import random
 
         from runner.infer.generation import GenerationSettings
         return GenerationSettings(
-            max_new_tokens=self.max_completion_tokens or self.max_tokens or 256,
+            max_new_tokens=self.requested_tokens(),
             temperature=self.temperature, top_p=self.top_p, do_sample=self.temperature > 0,
             seed=self.seed if self.seed is not None else random.randrange(2**31))
 
@@ -58,7 +62,7 @@ class GenerateRequest(BaseModel):
 
     prompt: str = Field(min_length=1)
     reasoning_effort: Effort = "medium"
-    max_tokens: int = Field(default=256, ge=1, le=MAX_TOKENS)
+    max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, ge=1, le=MAX_TOKENS)
 
     def as_chat(self) -> ChatRequest:
         return ChatRequest(messages=[ChatMessage(role="user", content=self.prompt)],

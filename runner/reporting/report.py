@@ -1,7 +1,7 @@
 """runs/<name>/report.html: one self-contained page summarizing a run, whatever state it is in.
 
-Header, timings, data funnel, length histograms, mask example, loss curve, eval answers and
-export sizes, with inline SVG plots and inline CSS (no network, no JavaScript). A step that did
+Header, timings, data funnel, length histograms, mask example, loss curve, eval answers (base
+and tuned side by side, with quality signals), gates and export sizes, with inline SVG plots and inline CSS (no network, no JavaScript). A step that did
 not run gets the reason instead of a blank; a section whose artifacts cannot be read says so
 without taking the rest of the report down.
 
@@ -22,6 +22,7 @@ from markupsafe import Markup
 
 from runner.plan import COMPLETE
 from runner.reporting.report_data import funnel_section, lengths_section, mask_section
+from runner.reporting.report_eval import evaluation_section, gates_section
 from runner.reporting.report_html import (
     CSS,
     badge,
@@ -33,7 +34,7 @@ from runner.reporting.report_html import (
     pre,
     table,
 )
-from runner.reporting.report_model import evaluation_section, export_section, training_section
+from runner.reporting.report_model import export_section, training_section
 from runner.reporting.report_run import RunFolder
 from runner.reporting.report_svg import PALETTE, Bar, hbars
 
@@ -55,7 +56,8 @@ def render_page(run: RunFolder) -> str:
     parts = (("timings", "Timings", timings_section), ("data", "Data funnel", funnel_section),
              ("lengths", "Length histograms", lengths_section), ("mask", "Loss mask", mask_section),
              ("training", "Training", training_section),
-             ("evaluation", "Evaluation", evaluation_section), ("export", "Export", export_section))
+             ("evaluation", "Evaluation", evaluation_section), ("gates", "Gates", gates_section),
+             ("export", "Export", export_section))
     sections = [_section(anchor, title, render, run) for anchor, title, render in parts]
     nav = join(Markup('<a href="#{}">{}</a>').format(anchor, title) for anchor, title, _ in parts)
     return str(Markup(
@@ -81,12 +83,17 @@ def _section(anchor: str, title: str, render, run: RunFolder) -> Markup:
 
 
 def _wall_time(manifest: dict) -> str | None:
+    """The run's wall time: measured (`wall_s`), else from its whole-second timestamps, which
+    cannot tell a 0.3 s run from an instant one: under a second, they say so."""
+    if isinstance(manifest.get("wall_s"), (int, float)):
+        return duration(manifest["wall_s"])
     try:
         started = datetime.strptime(manifest["started_at"], "%Y-%m-%dT%H:%M:%S%z")
         finished = datetime.strptime(manifest["finished_at"], "%Y-%m-%dT%H:%M:%S%z")
     except (KeyError, TypeError, ValueError):
         return None
-    return duration((finished - started).total_seconds())
+    seconds = (finished - started).total_seconds()
+    return "under 1 s" if seconds < 1 else duration(seconds)
 
 
 def _recipe_yaml(recipe: dict) -> str:

@@ -1,4 +1,5 @@
-"""Run report sections of the data half: funnel with drop reasons, length histograms, mask example."""
+"""Run report sections of the data half: funnel with drop reasons, the data-quality scorecard,
+the teacher's requests and costs, length histograms, mask example."""
 
 from __future__ import annotations
 
@@ -94,7 +95,8 @@ def funnel_section(run: RunFolder) -> Markup:
     parts = [join(notice(run, n) for n in ("sources", "cleaning", "pairing", "validation")),
              _funnel_chart(stages),
              table(["stage", "in", "out", "kept", "dropped (reason: count)"], rows, numeric=(1, 2, 3)),
-             _strategy_note(run), _split_note(run), _outcomes(run), _rules(run)]
+             _strategy_note(run), _split_note(run), _scorecard(run), _teacher(run),
+             _outcomes(run), _rules(run)]
     for name in ("cleaning", "pairing", "validation", "chat_template"):
         if name in run.recipe and run.folder(name) is None:
             parts.append(paragraph(f"{name}: {run.absence(name)}.", "missing"))
@@ -104,6 +106,25 @@ def funnel_section(run: RunFolder) -> Markup:
 def _strategy_note(run: RunFolder) -> Markup:
     pairing = run.json("pairing", "stats.json") or {}
     return paragraph(f"Pairing strategy: {pairing['strategy']}.") if pairing.get("strategy") else Markup("")
+
+
+def _scorecard(run: RunFolder) -> Markup:
+    from runner.data.scorecard import rows
+
+    card = (run.json("validation", "stats.json") or {}).get("scorecard")
+    if not card:
+        return Markup("")
+    return join([Markup("<h3>Data-quality scorecard ({} kept pairs)</h3>").format(f"{card['pairs']:,}"),
+                 table(["measure", "share", "count"], [list(row) for row in rows(card)], numeric=(1,))])
+
+
+def _teacher(run: RunFolder) -> Markup:
+    from runner.data.teacher_stats import teacher_rows
+
+    teacher = (run.json("pairing", "stats.json") or {}).get("teacher")
+    if not teacher:
+        return Markup("")
+    return join([Markup("<h3>Teacher model</h3>"), key_values(teacher_rows(teacher))])
 
 
 def _split_note(run: RunFolder) -> Markup:

@@ -98,6 +98,8 @@ def duration(seconds) -> str:
     if seconds is None:
         return "-"
     seconds = float(seconds)
+    if 0 < seconds < 0.005:  # "0.00 s" would read as "not measured"
+        return "under 0.01 s"
     if seconds < 60:
         return f"{seconds:.2f} s" if seconds < 10 else f"{seconds:.1f} s"
     minutes, rest = divmod(round(seconds), 60)

@@ -1,4 +1,4 @@
-"""Run report sections of the model half: loss curve and throughput, eval answers, export."""
+"""Run report sections of the model half: loss curve and throughput, export (evaluation: report_eval)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from markupsafe import Markup
 
 from runner.reporting.report_data import missing, notice
 from runner.reporting.report_html import (
-    badge,
     details,
     duration,
     join,
@@ -88,88 +87,38 @@ def training_section(run: RunFolder) -> Markup:
                  details(f"{len(notes)} note(s) from training", pre("\n".join(notes))) if notes else None])
 
 
-def _held_out(losses: dict | None) -> Markup:
-    if losses is None:
-        return paragraph("evaluation/held_out.json is missing.", "missing")
-    if not losses:
-        return paragraph("Held-out loss was not computed (evaluation.held_out_loss is false).", "missing")
-    if not losses.get("base"):
-        return paragraph(f"No rows for held-out loss ({losses.get('source')}).", "missing")
-    base, tuned = losses["base"], losses["tuned"]
-    rows = [["base", base.get("loss"), base.get("perplexity"), base.get("tokens")],
-            ["tuned", tuned.get("loss"), tuned.get("perplexity"), tuned.get("tokens")]]
-    if base.get("loss") is not None and tuned.get("loss") is not None:
-        rows.append(["change", tuned["loss"] - base["loss"], None, None])
-    largest = max(base.get("loss") or 0, tuned.get("loss") or 0) or 1
-    bars = [Bar(name, (item.get("loss") or 0), number(item.get("loss")), color, whole=largest)
-            for name, item, color in (("base", base, PALETTE[5]), ("tuned", tuned, PALETTE[0]))]
-    return join([hbars(bars, "Held-out loss, base vs tuned", label_width=80),
-                 table(["model", "loss", "perplexity", "tokens"], rows, numeric=(1, 2, 3)),
-                 paragraph(f"{losses.get('rows')} rows from {losses.get('source')}; "
-                           f"counted: {losses.get('counted')}.")])
+def _percent(value) -> str:
+    return f"{value:.1%}" if isinstance(value, (int, float)) else "-"
 
 
-def _answer(row: dict) -> Markup:
-    complete = row.get("complete")
-    status = badge("complete", "ok") if complete else badge("cut off", "bad")
-    timing = (f"{row.get('new_tokens')} tokens in {row.get('seconds', 0):.2f} s"
-              + (f" ({row['tokens_per_s']} tokens/s)" if row.get("tokens_per_s") else ""))
-    warning = ("" if row.get("format_ok", True) else
-               " - not in harmony format: the raw output is shown as the final answer")
-    analysis = row.get("analysis") or ""
-    return Markup('<div class="answer"><b>effort: {}</b> {} <span class="muted">{}{}</span>'
-                  '<div class="label">Final answer</div>{}<div class="label">Reasoning '
-                  '(analysis channel)</div>{}</div>').format(
-        row.get("reasoning_effort"), status, timing, warning, pre(row.get("final") or "(empty)"),
-        pre(analysis) if analysis else paragraph("(no reasoning)", "missing"))
+def _gguf_checks(files: dict) -> str:
+    """Per GGUF file: its reload check against the merged model (runner/infer/gguf_export.py)."""
+    parts = []
+    for outtype, file in files.items():
+        check = file.get("check")
+        if not check:
+            parts.append(f"{outtype}: not verified")
+            continue
+        parts.append(f"{outtype}: {'passed' if check.get('passed') else 'FAILED'}, reloaded in a fresh "
+                     f"process; next-token argmax agrees {_percent(check.get('top1_agreement'))} "
+                     f"(bound {_percent(check.get('min_top1_agreement'))}), greedy tokens "
+                     f"{_percent(check.get('token_agreement'))}, common prefixes "
+                     f"{check.get('common_prefix')}, tokenizer "
+                     f"{'matches' if check.get('tokenizer_matches') else 'differs'}")
+    return "; ".join(parts)
 
 
-def _overview(rows: list[dict], prompts: list[str]) -> Markup:
-    """Prompt x effort at a glance: tokens generated and whether the answer finished."""
-    efforts = list(dict.fromkeys(row.get("reasoning_effort") for row in rows))
-    found = {(row.get("prompt"), row.get("reasoning_effort")): row for row in rows}
-
-    def state(row: dict | None) -> str:
-        if row is None:
-            return ""
-        return f"{row.get('new_tokens')} tokens, " + ("complete" if row.get("complete") else "cut off")
-
-    return table(["prompt", *efforts], [[prompt, *(state(found.get((prompt, e))) for e in efforts)]
-                                        for prompt in prompts])
-
-
-def _answers(rows: list[dict]) -> Markup:
-    if not rows:
-        return paragraph("No test prompts (evaluation.prompts is empty).", "missing")
-    first = rows[0]
-    generation = first.get("generation") or {}
-    system = first.get("system_prompt")
-    parts = [paragraph(f"System prompt: {repr(system) if system else '(none)'}. Generation: "
-                       f"temperature {generation.get('temperature')}, top_p {generation.get('top_p')}, "
-                       f"{'sampling' if generation.get('do_sample') else 'greedy'}, "
-                       f"seed {generation.get('seed')}.")]
-    prompts = list(dict.fromkeys(row.get("prompt") for row in rows))
-    if len(rows) > 1:
-        parts.append(_overview(rows, prompts))
-    for index, prompt in enumerate(prompts, 1):
-        parts.append(Markup("<h3>{}. {}</h3>").format(index, prompt))
-        parts += [_answer(row) for row in rows if row.get("prompt") == prompt]
-    return join(parts)
-
-
-def evaluation_section(run: RunFolder) -> Markup:
-    rows = run.rows("evaluation", "answers.jsonl")
-    if rows is None:
-        return missing(run, "evaluation")
-    losses = run.json("evaluation", "held_out.json")
-    complete = sum(bool(r.get("complete")) for r in rows)
-    return join([notice(run, "evaluation"), Markup("<h3>Held-out loss</h3>"), _held_out(losses),
-                 Markup("<h3>Answers</h3>"),
-                 paragraph(f"{len(rows)} answers, {complete} finished within the token limit."),
-                 _answers(rows)])
+def _gguf_answers(outtype: str, check: dict) -> Markup:
+    rows = [[row.get("prompt"), _percent(row.get("token_agreement")),
+             f"{row.get('common_prefix')} of {row.get('reference_tokens')}",
+             row.get("reference_answer"), row.get("gguf_answer")] for row in check.get("prompts") or []]
+    return details(f"gguf {outtype}: greedy answers, merged model vs GGUF file",
+                   table(["prompt", "tokens agree", "common prefix", "merged model", "GGUF"], rows))
 
 
 def _verification(target: dict) -> str:
+    if target.get("files"):
+        return _gguf_checks(target["files"])
     verify = target.get("verify")
     if not verify:
         return "not verified" if "path" in target else "-"
@@ -205,6 +154,9 @@ def export_section(run: RunFolder) -> Markup:
     for name, target in targets.items():
         if target.get("verify"):
             parts.append(details(f"{name}: reloaded model's answer", pre(target["verify"].get("final") or "(empty)")))
+        for outtype, file in (target.get("files") or {}).items():
+            if file.get("check"):
+                parts.append(_gguf_answers(outtype, file["check"]))
         if target.get("pushed"):
             pushed = [[k, v.get("repo_id"), v.get("url"), v.get("files")] for k, v in target["pushed"].items()]
             parts.append(table(["artifact", "Hub repository", "url", "files"], pushed, numeric=(3,)))

@@ -7,6 +7,7 @@ for JSONL sources that carry them). Ids are stable: sha1 of the URL or path, 16 
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,9 +46,17 @@ def markdown_title(markdown: str, fallback: str) -> str:
     return fallback
 
 
+@dataclass(frozen=True)
+class Converted:
+    """One converted page; `failure` is (reason, detail) when it could not be converted."""
+    title: str
+    markdown: str
+    failure: tuple[str, str] | None = None
+
+
 def convert_html_files(items: list[tuple[Path, str]], main_content: bool,
-                       progress=None) -> Iterator[tuple[str, str]]:
-    """(path, encoding) pairs -> (title, markdown) per file, in order, on every core."""
+                       progress=None) -> Iterator[Converted]:
+    """(path, encoding) pairs -> a Converted per file, in order, on every core."""
     from runner.data.parallel import ordered_map, worker_count
 
     jobs = [(str(path), encoding, main_content) for path, encoding in items]
@@ -68,17 +77,35 @@ def _ticked(results: Iterable, progress) -> Iterator:
         yield result
 
 
-def _convert_file(job: tuple[str, str, bool]) -> tuple[str, str]:
-    from runner.sources.html_markdown import html_to_markdown
+def _convert_file(job: tuple[str, str, bool]) -> Converted:
+    from runner.sources.html_markdown import ConversionError, html_to_markdown
 
     path, encoding, main_content = job
-    html = Path(path).read_text(encoding=encoding, errors="replace")
-    return html_to_markdown(html, main_content=main_content)
+    try:
+        html = Path(path).read_text(encoding=encoding, errors="replace")
+    except OSError as exc:
+        return Converted("", "", ("read_error", f"{type(exc).__name__}: {exc}"))
+    except LookupError as exc:      # an encoding Python does not know
+        return Converted("", "", ("unknown_encoding", str(exc)))
+    try:
+        return Converted(*html_to_markdown(html, main_content=main_content))
+    except ConversionError as exc:
+        return Converted("", "", (exc.reason, exc.detail))
+
+
+def failure_outcome(failure: tuple[str, str] | None, **where) -> dict | None:
+    """An outcomes.jsonl line for a page that gave no document, or None when it converted."""
+    if failure is None:
+        return None
+    return {**where, "status": "failed", "reason": failure[0], "detail": failure[1][:300]}
 
 
 def web_documents(outcomes, cache, source: str, main_content: bool = True,
-                  progress=None) -> Iterator[dict]:
-    """Documents from the cached bodies of the pages fetched (or found cached), in URL order."""
+                  progress=None, failures: Counter | None = None,
+                  rows: dict[str, dict] | None = None) -> Iterator[dict]:
+    """Documents from the cached bodies of the pages fetched (or found cached), in URL order;
+    a page that cannot be converted is counted in `failures` by reason, noted in its outcome
+    row (`rows`, by URL) and gives no document."""
     from runner.sources.html_markdown import tidy_markdown
 
     pages = [(o, cache.get(o.url)) for o in outcomes if o.status in ("fetched", "cached")]
@@ -86,13 +113,21 @@ def web_documents(outcomes, cache, source: str, main_content: bool = True,
     html_items = [(cache.body_path(o.url), "utf-8") for o, meta in pages if _is_html(meta)]
     converted = convert_html_files(html_items, main_content)
     for outcome, meta in pages:
+        if progress is not None:
+            progress.update(1)
         if _is_html(meta):
-            title, markdown = next(converted)
+            page = next(converted)
+            title, markdown = page.title, page.markdown
+            if page.failure is not None:
+                if failures is not None:
+                    failures[page.failure[0]] += 1
+                if rows is not None and outcome.url in rows:
+                    rows[outcome.url]["conversion"] = {"reason": page.failure[0],
+                                                       "detail": page.failure[1][:300]}
+                continue
         else:
             markdown = tidy_markdown(cache.body(outcome.url))
             title = markdown_title(markdown, "")
-        if progress is not None:
-            progress.update(1)
         # Nothing run-specific (cached or not, attempts): same pages, same documents, same hash.
         metadata = {key: meta.get(key) for key in ("fetched_at", "status", "bytes", "content_type")}
         yield make_document(source, title=title or outcome.url, markdown=markdown,

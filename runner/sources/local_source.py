@@ -19,6 +19,7 @@ from runner.sources.documents import (
     SourceResult,
     convert_html_files,
     document_id,
+    failure_outcome,
     make_document,
     markdown_title,
 )
@@ -32,13 +33,21 @@ FIELD_DEFAULTS = {"id": "", "title": "title", "text": "text", "question": "quest
 
 def run_local(ctx, entry: dict, index: int) -> SourceResult:
     label = f"sources[{index}] (local)"
+    if entry.get("optional") and not _any_match(entry, Path(ctx.recipe_dir)):
+        ctx.log(f"{label}: nothing matches {entry['paths']} (optional: skipped)")
+        return SourceResult(iter(()), [], {"files": 0, "optional_missing": True})
     files, skipped = matched_files(entry, Path(ctx.recipe_dir), label)
     formats = Counter(file_format(path, entry["format"]) for path in files)
     ctx.log(f"{label}: {len(files)} files ({', '.join(f'{k} {v}' for k, v in formats.items())})"
             + (f"; {skipped} of unknown type left out" if skipped else ""))
-    metrics = {"files": len(files), "files_by_format": dict(formats), "unknown_type_skipped": skipped}
+    # Filled while the documents stream (the step reads both only after the last document).
+    failures: Counter = Counter()
+    outcomes: list[dict] = []
+    metrics = {"files": len(files), "files_by_format": dict(formats), "unknown_type_skipped": skipped,
+               "conversion_failed_by_reason": failures}
     bar = ctx.progress(total=len(files), desc="local files", unit="file")
-    return SourceResult(_documents(files, entry, Path(ctx.recipe_dir), bar), [], metrics)
+    documents = _documents(files, entry, Path(ctx.recipe_dir), bar, failures, outcomes)
+    return SourceResult(documents, outcomes, metrics)
 
 
 def fingerprint_files(entry: dict, recipe_dir: Path) -> list[list[str]]:
@@ -48,6 +57,10 @@ def fingerprint_files(entry: dict, recipe_dir: Path) -> list[list[str]]:
     except StepError:
         return []      # the step itself reports the problem when it runs
     return [[str(path), hash_file(path)] for path in files]
+
+
+def _any_match(entry: dict, recipe_dir: Path) -> bool:
+    return any(_expand(pattern, recipe_dir) for pattern in entry["paths"])
 
 
 def matched_files(entry: dict, recipe_dir: Path, label: str) -> tuple[list[Path], int]:
@@ -99,7 +112,10 @@ def _display(path: Path, recipe_dir: Path) -> str:
         return str(path)
 
 
-def _documents(files: list[Path], entry: dict, recipe_dir: Path, bar):
+def _documents(files: list[Path], entry: dict, recipe_dir: Path, bar, failures: Counter,
+               outcomes: list[dict]):
+    """The files' documents in order; a file that cannot be converted gives an outcome line
+    with its reason instead (and is counted in `failures`)."""
     encoding = entry["encoding"]
     html_files = [(p, encoding) for p in files if file_format(p, entry["format"]) == "html"]
     converted = convert_html_files(html_files, entry["main_content"])
@@ -111,9 +127,13 @@ def _documents(files: list[Path], entry: dict, recipe_dir: Path, bar):
             if kind == "jsonl":
                 yield from _jsonl_documents(path, shown, entry)
             elif kind == "html":
-                title, markdown = next(converted)
-                yield make_document("local", title=title or path.stem, markdown=markdown,
-                                    path=shown, metadata=meta)
+                page = next(converted)
+                if page.failure is None:
+                    yield make_document("local", title=page.title or path.stem,
+                                        markdown=page.markdown, path=shown, metadata=meta)
+                else:
+                    failures[page.failure[0]] += 1
+                    outcomes.append(failure_outcome(page.failure, path=shown))
             else:
                 text = path.read_text(encoding=encoding, errors="replace")
                 markdown = _as_markdown(text, kind)

@@ -1,8 +1,10 @@
 """`type: pydoc`: docstrings of installed Python modules as markdown documents.
 
 One document per module: `# module`, then `## name()` per documented function and
-`## class Name` per class, with `### Name.method()` under it. The offline source that always
-exists, so a recipe can run end to end without a network or python3.11-doc.
+`## class Name` per class, with `### Name.method()` under it. Docstrings are reST: they go
+through the reST converter (roles to inline code, doctests and `::` blocks to fenced code, their
+own headings below the member's). The offline source that always exists, so a recipe can run
+end to end without a network or python3.11-doc.
 """
 
 from __future__ import annotations
@@ -67,15 +69,21 @@ def _import(name: str, index: int):
 
 def module_markdown(module) -> str:
     name = module.__name__
-    parts = [f"# {name}", inspect.getdoc(module) or ""]
+    parts = [f"# {name}", _markdown(inspect.getdoc(module) or "", 2)]
     for member_name, member in _public_members(module):
         if inspect.isclass(member):
             parts += _class_sections(member_name, member)
         elif callable(member):
             doc = _own_doc(member)
             if doc:
-                parts += [f"## {member_name}()", _signature_line(member_name, member), doc]
+                parts += [f"## {member_name}()", _signature_line(member_name, member),
+                          _markdown(doc, 3)]
     return "\n\n".join(p for p in parts if p).strip() + "\n"
+
+
+def _markdown(docstring: str, top_level: int) -> str:
+    from runner.sources.rst_markdown import rst_to_markdown
+    return rst_to_markdown(docstring, top_level).strip() if docstring.strip() else ""
 
 
 def _public_members(module):
@@ -97,11 +105,12 @@ def _class_sections(name: str, cls) -> list[str]:
         doc = _own_doc(function) if inspect.isroutine(function) or isinstance(value, property) else ""
         if doc:
             methods += [f"### {name}.{attr}()" if not isinstance(value, property)
-                        else f"### {name}.{attr}", _signature_line(attr, function), doc]
+                        else f"### {name}.{attr}", _signature_line(attr, function),
+                        _markdown(doc, 4)]
     doc = _own_doc(cls)
     if not doc and not methods:
         return []
-    return [f"## class {name}", _signature_line(name, cls), doc, *methods]
+    return [f"## class {name}", _signature_line(name, cls), _markdown(doc, 3), *methods]
 
 
 def _own_doc(obj) -> str:

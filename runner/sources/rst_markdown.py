@@ -1,5 +1,9 @@
 """reStructuredText -> markdown, enough for training text: `#` headings, fenced code, plain roles.
 
+Doctest blocks (`>>>` lines, with the `#` comment lines just above them) become fenced `pycon`
+code, indented or not: left as prose, whitespace rules would squash them onto one line and a
+comment would read as a markdown heading.
+
 Why not docutils: real-world .rst (Sphinx docs, CPython's Doc/) is full of Sphinx-only
 directives and roles that docutils reports as errors inside the output. This keeps what carries
 meaning - section titles (levels in order of first appearance, as reST defines them), code
@@ -16,13 +20,20 @@ CODE_DIRECTIVES = {"code-block", "code", "sourcecode", "highlight", "doctest", "
 DROPPED_DIRECTIVES = {"index", "toctree", "image", "figure", "raw", "include", "only",
                       "highlight", "currentmodule", "module", "moduleauthor", "sectionauthor",
                       "contents", "meta", "literalinclude"}
+ADMONITIONS = {"note": "Note", "warning": "Warning", "tip": "Tip", "hint": "Hint",
+               "important": "Important", "caution": "Caution", "danger": "Danger",
+               "attention": "Attention", "error": "Error", "seealso": "See also",
+               "admonition": "Note"}
+FOOTNOTE_REFERENCE = re.compile(r"\s?\[(?:#\w*|\*|\d+)\]_")
 ROLE = re.compile(r":[\w:+-]+:`([^`]*)`")
 LINK = re.compile(r"`([^`<]+?)\s*<[^>]*>`_{1,2}")
 REFERENCE = re.compile(r"`([^`]+)`_{1,2}")
 LITERAL = re.compile(r"``([^`]+)``")
 
 
-def rst_to_markdown(text: str) -> str:
+def rst_to_markdown(text: str, top_level: int = 1) -> str:
+    """The markdown of a reST text; its first heading style becomes level `top_level` (a
+    docstring under a `## name()` heading starts at 3)."""
     lines = text.expandtabs(4).splitlines()
     out: list[str] = []
     levels: list[str] = []
@@ -33,8 +44,12 @@ def rst_to_markdown(text: str) -> str:
             title, style, used = heading
             if style not in levels:
                 levels.append(style)
-            out += ["", "#" * min(6, levels.index(style) + 1) + " " + _inline(title), ""]
+            out += ["", "#" * min(6, levels.index(style) + top_level) + " " + _inline(title), ""]
             i += used
+            continue
+        if _starts_doctest(lines, i):
+            block, i = _doctest_block(lines, i)
+            out += ["", "```pycon", *block, "```", ""]
             continue
         line = lines[i]
         directive = DIRECTIVE.match(line.strip()) if not line.startswith(" ") else None
@@ -45,11 +60,41 @@ def rst_to_markdown(text: str) -> str:
             paragraph_end = line.rstrip()[:-2].rstrip()
             out.append(_inline(paragraph_end + (":" if paragraph_end else "")))
             block, i = _indented_block(lines, i + 1)
-            out += ["", "```", *_trim(block), "```", ""]
+            block = _trim(block)
+            language = "pycon" if block and block[0].lstrip().startswith(">>>") else ""
+            out += ["", f"```{language}", *block, "```", ""]
             continue
         out.append(_inline(line.rstrip()))
         i += 1
     return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip() + "\n"
+
+
+def _starts_doctest(lines: list[str], i: int) -> bool:
+    """A `>>>` line, or `#` comment lines directly above one."""
+    while i < len(lines) and lines[i].lstrip().startswith("#") and not lines[i].lstrip().startswith(">>>"):
+        i += 1
+    return i < len(lines) and lines[i].lstrip().startswith(">>>")
+
+
+def _doctest_block(lines: list[str], i: int) -> tuple[list[str], int]:
+    """The doctest starting at line i, dedented; doctest paragraphs that follow one another
+    (blank lines between) are one block."""
+    indent = len(lines[i]) - len(lines[i].lstrip())
+    block: list[str] = []
+    while i < len(lines):
+        while i < len(lines) and lines[i].strip():
+            block.append(lines[i][indent:] if lines[i][:indent].isspace() else lines[i].strip())
+            i += 1
+        following = i
+        while following < len(lines) and not lines[following].strip():
+            following += 1
+        same_indent = following < len(lines) and (
+            len(lines[following]) - len(lines[following].lstrip()) == indent)
+        if not (same_indent and _starts_doctest(lines, following)):
+            break
+        block.append("")
+        i = following
+    return block, i
 
 
 def _heading_at(lines: list[str], i: int):
@@ -75,8 +120,13 @@ def _directive(lines: list[str], i: int, directive, out: list[str]) -> int:
     if name in CODE_DIRECTIVES and name != "highlight":
         language = argument.split()[0] if argument else ""
         out += ["", f"```{language}", *_trim(body), "```", ""]
+    elif name in ADMONITIONS:
+        # "Note: first line ...": a lone "Note" line would read as furniture.
+        text = [_inline(b) for b in _trim(body)] or [""]
+        title = argument if name == "admonition" and argument else ADMONITIONS[name]
+        out += ["", f"**{title}:** {text[0]}".rstrip(), *text[1:], ""]
     elif name and name not in DROPPED_DIRECTIVES:
-        # note, warning, versionadded, function, class...: keep the words, drop the markup.
+        # versionadded, function, class...: keep the words, drop the markup.
         if argument:
             out += ["", _inline(argument)]
         out += ["", *(_inline(b) for b in _trim(body)), ""]
@@ -107,6 +157,7 @@ def _trim(block: list[str]) -> list[str]:
 
 
 def _inline(line: str) -> str:
+    line = FOOTNOTE_REFERENCE.sub("", line)
     line = LITERAL.sub(r"`\1`", line)
     line = ROLE.sub(lambda m: f"`{_role_text(m.group(1))}`", line)
     line = LINK.sub(r"\1", line)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
@@ -38,8 +39,12 @@ def run_web_source(ctx, entry: dict, index: int, *, source: str, variant: dict,
     _report(ctx, label, outcomes, metrics)
     if metrics["fetched"] + metrics["cached"] == 0:
         raise StepError(_nothing_collected(label, outcomes, metrics, hints))
-    documents = web_documents(outcomes, cache, source, main_content=main_content)
-    return SourceResult(documents, [o.to_json() for o in outcomes], metrics)
+    metrics["conversion_failed_by_reason"] = Counter()     # filled as the documents stream
+    rows = [o.to_json() for o in outcomes]
+    documents = web_documents(outcomes, cache, source, main_content=main_content,
+                              failures=metrics["conversion_failed_by_reason"],
+                              rows={row["url"]: row for row in rows if "url" in row})
+    return SourceResult(documents, rows, metrics)
 
 
 async def _collect(urls, policy, cache, open_fetcher, bar, log):

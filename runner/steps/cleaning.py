@@ -29,7 +29,7 @@ def documents_path(ctx: StepContext) -> Path:
     return path
 
 
-@step("cleaning", inputs=["sources"], outputs=["documents.jsonl", "stats.json"], version=1)
+@step("cleaning", inputs=["sources"], outputs=["documents.jsonl", "stats.json"], version=2)
 def clean(ctx: StepContext) -> dict:
     """Apply the text rules (`cleaning.rules`, in order) to each document's markdown, split it
     into sentences (`splitter`) and keep those longer than `min_sentence_chars`, not longer than

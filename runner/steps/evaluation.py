@@ -1,23 +1,29 @@
-"""evaluation: answer the test prompts at each reasoning effort, and compare base vs tuned loss.
+"""evaluation: answer the test prompts with the base and the tuned model, and compare their loss.
 
-Answers are parsed from the harmony format (analysis channel apart from the final answer) and
-saved as answers.jsonl; report.md is the readable version; held_out.json holds loss and
-perplexity of the base model and of the tuned one on the same rows.
+Answers are parsed for the run's chat template (harmony: the analysis channel apart from the
+final answer, one answer per reasoning effort; any other template: the text before its end
+token, one answer per prompt, since efforts mean nothing there). Each answer carries quality
+signals (runner.infer.answer_quality). answers.jsonl holds every answer (`model`: base or
+tuned); report.md shows base and tuned side by side; held_out.json holds loss and perplexity of
+both models on the same rows.
 """
 
 from __future__ import annotations
+
+import gc
+from contextlib import contextmanager
 
 from runner.artifacts import read_jsonl, write_json, write_jsonl
 from runner.registry import StepContext, step
 
 
-def _prompt_items(settings: dict) -> list[dict]:
-    """Each test prompt with its efforts and token limit (its own, else the section's)."""
+def _prompt_items(settings: dict, harmony: bool) -> list[dict]:
+    """Each test prompt with its efforts ([None] without harmony) and its token limit."""
     items = []
     for entry in settings.get("prompts") or []:
         entry = {"prompt": entry} if isinstance(entry, str) else dict(entry)
-        items.append({"prompt": entry["prompt"],
-                      "efforts": list(entry.get("efforts") or settings["efforts"]),
+        efforts = list(entry.get("efforts") or settings["efforts"]) if harmony else [None]
+        items.append({"prompt": entry["prompt"], "efforts": efforts,
                       "max_new_tokens": int(entry.get("max_new_tokens") or settings["max_new_tokens"])})
     return items
 
@@ -47,35 +53,31 @@ def _held_out_texts(ctx: StepContext, limit: int) -> tuple[list[str], str]:
     return [r["text"] for r in rows[:limit] if r.get("text")], source
 
 
-def _loss_options(ctx: StepContext) -> dict:
-    template = ctx.sections.get("chat_template", {})
+def _loss_options(ctx: StepContext, chat: dict) -> dict:
+    """Count the tokens training learned from: the answers (markers as the mask was verified
+    with, from chat.json), or every token without train_on_responses_only."""
     responses_only = ctx.sections.get("training", {}).get("train_on_responses_only", True)
     return {"max_length": int(ctx.sections["model"].get("max_seq_length", 1024)),
-            "response_part": template.get("response_part") if responses_only else None,
-            "instruction_part": template.get("instruction_part", "")}
+            "response_part": chat.get("response_part") if responses_only else None,
+            "instruction_part": chat.get("instruction_part") or ""}
 
 
-def _compare_losses(ctx: StepContext, model, tokenizer) -> dict:
-    from runner.infer.generation import held_out_loss
-
+def _held_out(ctx: StepContext, chat: dict) -> dict:
     texts, source = _held_out_texts(ctx, int(ctx.settings["held_out_rows"]))
-    result = {"source": source, "rows": len(texts), "counted": "answer tokens only"
-              if _loss_options(ctx)["response_part"] else "all tokens"}
+    options = _loss_options(ctx, chat)
     if not texts:
         ctx.log("no rows for held-out loss: skipped")
-        return result
-    options = dict(_loss_options(ctx), progress=ctx.progress)
-    if hasattr(model, "disable_adapter"):
-        with model.disable_adapter():
-            result["base"] = held_out_loss(model, tokenizer, texts, **options)
-    else:  # a fully fine-tuned model: the base is a separate load
-        base = _load_base(ctx)
-        result["base"] = held_out_loss(base, tokenizer, texts, **options)
-        del base
-    result["tuned"] = held_out_loss(model, tokenizer, texts, **options)
-    ctx.log(f"held-out loss: base {result['base']['loss']} -> tuned {result['tuned']['loss']} "
-            f"({len(texts)} rows)")
-    return result
+    return {"source": source, "rows": len(texts), "texts": texts, "options": options,
+            "counted": "answer tokens only" if options["response_part"] else "all tokens"}
+
+
+def _score(ctx: StepContext, model, tokenizer, held_out: dict) -> dict | None:
+    from runner.infer.generation import held_out_loss
+
+    if not held_out.get("texts"):
+        return None
+    return held_out_loss(model, tokenizer, held_out["texts"], **held_out["options"],
+                         progress=ctx.progress)
 
 
 def _load_base(ctx: StepContext):
@@ -89,50 +91,126 @@ def _load_base(ctx: StepContext):
     return load_model(settings, device=device, base_dir=ctx.recipe_dir)
 
 
-def _answers(ctx: StepContext, model, tokenizer) -> list[dict]:
+@contextmanager
+def _base_model(ctx: StepContext, model):
+    """The base model: the tuned one with its adapter switched off, or (after a full fine-tune)
+    a separate load, freed on exit."""
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            yield model
+        return
+    base = _load_base(ctx).eval()
+    try:
+        yield base
+    finally:
+        del base
+        gc.collect()
+
+
+def _base_results(ctx: StepContext, model, tokenizer, held_out: dict, answer_format):
+    """The base model's held-out loss and answers (None and [] where not asked for)."""
+    if not (held_out.get("texts") or ctx.settings["base_answers"]):
+        return None, []
+    with _base_model(ctx, model) as base:
+        loss = _score(ctx, base, tokenizer, held_out)
+        rows = (_answers(ctx, base, tokenizer, answer_format, "base")
+                if ctx.settings["base_answers"] else [])
+    return loss, rows
+
+
+def _answers(ctx: StepContext, model, tokenizer, answer_format, which: str) -> list[dict]:
+    from runner.infer.answer_quality import signals
     from runner.infer.generation import GenerationSettings, generate, render_prompt
 
     template, settings = _template_text(ctx), ctx.settings
     date = ctx.sections.get("chat_template", {}).get("current_date")
-    jobs = [(item, effort) for item in _prompt_items(settings) for effort in item["efforts"]]
+    items = _prompt_items(settings, answer_format.harmony)
+    jobs = [(item, effort) for item in items for effort in item["efforts"]]
     rows = []
-    for item, effort in ctx.progress(jobs, total=len(jobs), desc="answers", unit="answer"):
+    for item, effort in ctx.progress(jobs, total=len(jobs), desc=f"{which} answers", unit="answer"):
         text = render_prompt(tokenizer, item["prompt"], effort=effort, chat_template=template,
                              system_prompt=settings.get("system_prompt", ""), current_date=date)
         options = GenerationSettings.from_section({**settings,
                                                    "max_new_tokens": item["max_new_tokens"]})
-        result = generate(model, tokenizer, text, options)
-        rows.append({"prompt": item["prompt"], "reasoning_effort": effort,
+        result = generate(model, tokenizer, text, options, answer_format=answer_format)
+        quality = signals(result.parsed.final, result.parsed.analysis, result.ended,
+                          result.parsed if answer_format.harmony else None)
+        rows.append({"prompt": item["prompt"], "model": which, "reasoning_effort": effort,
                      "system_prompt": settings.get("system_prompt", ""),
-                     **result.as_dict(), "generation": vars(options)})
+                     "template_kind": "harmony" if answer_format.harmony else "generic",
+                     **result.as_dict(), "quality": quality, "generation": vars(options)})
     return rows
 
 
-@step("evaluation", inputs=["chat_template", "training"],
-      uses=("model", "lora", "chat_template", "training"),
-      outputs=["answers.jsonl", "report.md", "held_out.json"])
-def evaluate(ctx: StepContext) -> dict:
-    """Answer each test prompt at each reasoning effort with the tuned model (answers.jsonl,
-    report.md) and compare held-out loss and perplexity of the base and tuned models."""
-    from runner.infer.evaluation_report import render_report
-    from runner.infer.generation import load_tokenizer_from, load_tuned, pick_device
+def _side_by_side(base: list[dict], tuned: list[dict]) -> list[dict]:
+    """Each prompt and effort's base answer, then its tuned one (both lists share job order)."""
+    if not base:
+        return tuned
+    return [row for pair in zip(base, tuned, strict=True) for row in pair]
 
-    adapter = ctx.inputs["training"] / "adapter"
-    device = pick_device()
-    ctx.log(f"loading the tuned model on {device}")
-    tokenizer = load_tokenizer_from(adapter, ctx.sections["model"], ctx.recipe_dir)
-    model = load_tuned(ctx.sections["model"], adapter, device=device, base_dir=ctx.recipe_dir)
-    model.eval()
-    losses = _compare_losses(ctx, model, tokenizer) if ctx.settings["held_out_loss"] else {}
-    rows = _answers(ctx, model, tokenizer)
-    write_jsonl(ctx.out_dir / "answers.jsonl", rows)
-    write_json(ctx.out_dir / "held_out.json", losses)
-    (ctx.out_dir / "report.md").write_text(
-        render_report(ctx.recipe_name, ctx.settings, rows, losses), encoding="utf-8")
-    metrics = {"answers": len(rows), "complete_answers": sum(r["complete"] for r in rows),
+
+def _losses(ctx: StepContext, held_out: dict, base: dict | None, tuned: dict | None) -> dict:
+    if not ctx.settings["held_out_loss"]:
+        return {}
+    result = {key: held_out[key] for key in ("source", "rows", "counted")}
+    if base and tuned:
+        result.update(base=base, tuned=tuned)
+        if base["loss"] and tuned["loss"] is not None:
+            # The gates' min_held_out_loss_drop compares with this: 0.1 = 10% lower than base.
+            result["relative_drop"] = round((base["loss"] - tuned["loss"]) / base["loss"], 5)
+        drop = f", {result['relative_drop']:.1%} lower" if "relative_drop" in result else ""
+        ctx.log(f"held-out loss: base {base['loss']} -> tuned {tuned['loss']} "
+                f"({held_out['rows']} rows{drop})")
+    return result
+
+
+def _metrics(rows: list[dict], losses: dict, jobs: int) -> dict:
+    from runner.infer.answer_quality import summarize
+
+    tuned = [r for r in rows if r["model"] == "tuned"]
+    metrics = {"answers": jobs, "complete_answers": sum(r["complete"] for r in tuned),
                "held_out_rows": losses.get("rows", 0)}
+    for which, summary in summarize(rows).items():
+        metrics.update({f"{which}_{key}": value for key, value in summary.items()
+                        if key != "answers"})
     for which in ("base", "tuned"):
         if losses.get(which):
             metrics[f"{which}_loss"] = losses[which]["loss"]
             metrics[f"{which}_perplexity"] = losses[which]["perplexity"]
+    if "relative_drop" in losses:
+        metrics["held_out_loss_drop"] = losses["relative_drop"]
     return metrics
+
+
+@step("evaluation", inputs=["chat_template", "training"],
+      uses=("model", "lora", "chat_template", "training"),
+      outputs=["answers.jsonl", "report.md", "held_out.json"], version=2)
+def evaluate(ctx: StepContext) -> dict:
+    """Answer each test prompt (at each reasoning effort, for harmony) with the base and the
+    tuned model, with quality signals per answer (answers.jsonl, report.md), and compare
+    held-out loss and perplexity of the two."""
+    from runner.chat.resolved import read_chat
+    from runner.infer.answer_format import AnswerFormat
+    from runner.infer.evaluation_report import render_report
+    from runner.infer.generation import load_tokenizer_from, load_tuned, pick_device
+
+    chat = read_chat(ctx.inputs["chat_template"], ctx.sections.get("chat_template"))
+    answer_format = AnswerFormat.from_chat(chat)
+    if not answer_format.harmony:
+        ctx.log("the chat template is not harmony: reasoning efforts do not apply, one answer "
+                f"per prompt, ended at {', '.join(answer_format.stop_tokens) or 'the eos token'}")
+    adapter, device = ctx.inputs["training"] / "adapter", pick_device()
+    ctx.log(f"loading the tuned model on {device}")
+    tokenizer = load_tokenizer_from(adapter, ctx.sections["model"], ctx.recipe_dir)
+    model = load_tuned(ctx.sections["model"], adapter, device=device, base_dir=ctx.recipe_dir)
+    model.eval()
+    held_out = _held_out(ctx, chat) if ctx.settings["held_out_loss"] else {}
+    base_loss, base_rows = _base_results(ctx, model, tokenizer, held_out, answer_format)
+    tuned_loss = _score(ctx, model, tokenizer, held_out)
+    tuned_rows = _answers(ctx, model, tokenizer, answer_format, "tuned")
+    rows, losses = _side_by_side(base_rows, tuned_rows), _losses(ctx, held_out, base_loss, tuned_loss)
+    write_jsonl(ctx.out_dir / "answers.jsonl", rows)
+    write_json(ctx.out_dir / "held_out.json", losses)
+    (ctx.out_dir / "report.md").write_text(
+        render_report(ctx.recipe_name, ctx.settings, rows, losses), encoding="utf-8")
+    return _metrics(rows, losses, len(tuned_rows))

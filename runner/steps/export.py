@@ -183,26 +183,21 @@ def export_merged(ex: Exporter, out: Path) -> dict:
 
 
 def export_gguf(ex: Exporter, out: Path) -> dict:
-    from runner.infer.export_tools import convert_to_gguf
+    """GGUF files from the merged 16-bit folder (merged_16bit/, or a scratch merge), each
+    reloaded in a fresh process and compared with the merged model (runner/infer/gguf_export.py)."""
+    from runner.infer.gguf_export import export_gguf_files
 
-    quantization = ex.ctx.settings["gguf_quantization"]
     merged = ex.ctx.out_dir / "merged_16bit"
     scratch = None
     if not merged.is_dir():
         scratch = merged = ex.ctx.out_dir / ".merged-for-gguf"
         write_merged(ex, merged, merged_dtype(ex.model_settings))
     try:
-        path = convert_to_gguf(merged, out, quantization, ex.ctx.log)
+        return export_gguf_files(merged, out, ex.ctx.settings, ex.tokenizer, ex.device, ex.ctx.log,
+                                 VERIFY_TOKENS)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-    report = {"path": f"gguf/{path.name}", "quantization": quantization,
-              "size_bytes": path.stat().st_size}
-    if ex.ctx.settings["verify"]:
-        from transformers import AutoModelForCausalLM
-        report.update(ex.verify(lambda: AutoModelForCausalLM.from_pretrained(
-            str(out), gguf_file=path.name).to(ex.device), "GGUF model"))
-    return report
 
 
 def export_mxfp4(ex: Exporter, out: Path) -> dict:
@@ -242,13 +237,29 @@ EXPORTERS = {"lora": export_lora, "merged_16bit": export_merged, "gguf": export_
              "mxfp4": export_mxfp4, "hub": export_hub}
 
 
-def preflight(settings: dict, targets: list[str]) -> None:
+def trained_model_type(adapter: Path) -> str | None:
+    """model_type of the trained model (a full model, or an adapter's local base), if known."""
+    import json
+
+    config = adapter / "config.json"
+    if not config.is_file() and (adapter / "adapter_config.json").is_file():
+        base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        config = Path(base or "") / "config.json"
+    try:
+        return json.loads(config.read_text()).get("model_type")
+    except (OSError, ValueError):
+        return None
+
+
+def preflight(settings: dict, targets: list[str], adapter: Path) -> None:
     """Every reason the export cannot finish, found before anything is written."""
-    from runner.infer.export_tools import gguf_problems, hub_problems, mxfp4_problems
+    from runner.infer.export_tools import hub_problems, mxfp4_problems
+    from runner.infer.gguf_export import gguf_problems
 
     problems = []
     if "gguf" in targets:
-        problems += gguf_problems(settings["gguf_quantization"], settings["verify"])
+        problems += gguf_problems(settings["gguf_outtypes"], settings["verify"],
+                                  trained_model_type(adapter), adapter / "tokenizer.json")
     if "mxfp4" in targets:
         problems += mxfp4_problems()
     if "hub" in targets:
@@ -264,7 +275,7 @@ def export(ctx: StepContext) -> dict:
     hub/pushed.json), load each back and generate from verify_prompt; export_report.json says
     sizes, checks and the vLLM command for the merged model."""
     targets = [t for t in TARGET_ORDER if t in ctx.settings["targets"]]
-    preflight(ctx.settings, targets)
+    preflight(ctx.settings, targets, ctx.inputs["training"] / "adapter")
     exporter = Exporter(ctx)
     report = {"targets": {}, "verify_prompt": ctx.settings["verify_prompt"]}
     for target in targets:
@@ -275,4 +286,9 @@ def export(ctx: StepContext) -> dict:
                                               ctx.recipe_name)
         ctx.log(f"production serving: {report['vllm_command']}")
     write_json(ctx.out_dir / "export_report.json", report)
-    return {f"{t}_bytes": r["size_bytes"] for t, r in report["targets"].items() if "size_bytes" in r}
+    metrics = {f"{t}_bytes": r["size_bytes"] for t, r in report["targets"].items() if "size_bytes" in r}
+    for outtype, file in report["targets"].get("gguf", {}).get("files", {}).items():
+        if "check" in file:
+            metrics[f"gguf_{outtype}_top1_agreement"] = file["check"]["top1_agreement"]
+            metrics[f"gguf_{outtype}_token_agreement"] = file["check"]["token_agreement"]
+    return metrics

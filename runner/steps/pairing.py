@@ -56,7 +56,7 @@ def _provenance(doc: dict, heading_path: list | None = None) -> dict:
             "heading_path": heading_path or []}
 
 
-@step("pairing", "consecutive_sentences", inputs=["cleaning"], outputs=OUTPUTS, version=1)
+@step("pairing", "consecutive_sentences", inputs=["cleaning"], outputs=OUTPUTS, version=2)
 def consecutive_sentences(ctx: StepContext) -> dict:
     """The hand-run workflow's pairing: within each document, sentence i (cut to
     `instruction_max_chars`) -> sentence i+1 (cut to `response_max_chars`), kept when the
@@ -76,25 +76,28 @@ def consecutive_sentences(ctx: StepContext) -> dict:
                 dropped["response_too_short"] += 1
             else:
                 yield {"instruction": instruction, "response": response,
-                       "provenance": _provenance(doc)}
+                       "provenance": {**_provenance(doc), "instruction_source": "document_text"}}
 
     made, _, docs = _run(ctx, make_pairs, cleaning_stats, documents)
     return {"pairs": made, "documents": docs}
 
 
-@step("pairing", "heading_sections", inputs=["cleaning"], outputs=OUTPUTS, version=1)
+@step("pairing", "heading_sections", inputs=["cleaning"], outputs=OUTPUTS, version=2)
 def heading_sections(ctx: StepContext) -> dict:
     """Each heading section (levels 1..`max_heading_level`; deeper ones join their parent)
     becomes a pair: instruction = `instruction_template` (sandboxed Jinja; variables heading,
-    title, heading_path, url), response = the section text up to `response_max_chars` (cut at a
-    sentence end), code blocks kept when `keep_code`. Sections shorter than
-    `response_min_chars` are dropped. Needs `cleaning.keep_headings: true`."""
+    title, heading_path, url, parent, generic, topic - a generic heading like "Examples" or one
+    repeated across documents is qualified by its parent: "Examples for Counter objects"),
+    response = the section text up to `response_max_chars`, cut only at a sentence end and
+    never ending on ":" or a fragment; code blocks kept whole when `keep_code` (a sentence that
+    introduced a left-out block goes with it). Sections shorter than `response_min_chars` are
+    dropped. Needs `cleaning.keep_headings: true`."""
     from runner.data.section_pairs import SectionPairer
 
     documents, cleaning_stats = _cleaned(ctx)
     if cleaning_stats and not cleaning_stats.get("keep_headings"):
         raise _needs_headings()
-    pairer = SectionPairer(ctx.settings)
+    pairer = SectionPairer(ctx.settings, frozenset(cleaning_stats.get("repeated_headings", [])))
 
     def make_pairs(doc: dict, dropped: Counter) -> Iterator[dict]:
         if "sections" not in doc:
@@ -122,7 +125,7 @@ def _message_pairs(messages, dropped: Counter) -> Iterator[tuple[str, str]]:
             yield str(asked.get("content") or ""), str(answered.get("content") or "")
 
 
-@step("pairing", "fields", inputs=["cleaning"], outputs=OUTPUTS, version=1)
+@step("pairing", "fields", inputs=["cleaning"], outputs=OUTPUTS, version=2)
 def fields(ctx: StepContext) -> dict:
     """Pairs that already exist in a JSONL source: a `qa` object {question, answer} gives one
     pair; a `messages` list gives one pair per user turn answered by an assistant turn (see the
@@ -140,7 +143,7 @@ def fields(ctx: StepContext) -> dict:
         for question, answer in found:
             if question.strip() and answer.strip():
                 yield {"instruction": question.strip(), "response": answer.strip(),
-                       "provenance": _provenance(doc)}
+                       "provenance": {**_provenance(doc), "instruction_source": "source"}}
             else:
                 dropped["empty_question_or_answer"] += 1
 

@@ -6,6 +6,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from runner.errors import StepError
 from runner.registry import StepContext, step
 
 
@@ -35,7 +36,7 @@ def fingerprint(settings: dict, recipe_dir: Path = Path(".")) -> list:
     return found
 
 
-@step("sources", outputs=["documents.jsonl", "outcomes.jsonl"], fingerprint=fingerprint, version=1,
+@step("sources", outputs=["documents.jsonl", "outcomes.jsonl"], fingerprint=fingerprint, version=2,
       volatile=["outcomes.jsonl"])
 def sources(ctx: StepContext) -> dict:
     """Collect documents from every entry in order: `brightdata` (Bright Data Web Unlocker,
@@ -44,7 +45,9 @@ def sources(ctx: StepContext) -> dict:
     `pydoc` (docstrings of installed modules). Fetched pages are cached in
     runs/<name>/cache/pages (`refresh: true` or `--force sources` fetches again). Writes
     documents.jsonl (id, source, url, path, title, markdown, metadata) and outcomes.jsonl (one
-    line per URL: fetched / cached / failed with reason and attempts)."""
+    line per URL: fetched / cached / failed with reason and attempts; one per local file that
+    could not be converted, with its reason). Fails, naming the reasons, when no entry gave a
+    document."""
     readers = _readers()
     seen: set[str] = set()
     totals: Counter = Counter()
@@ -62,7 +65,48 @@ def sources(ctx: StepContext) -> dict:
     ctx.log(f"{totals['documents']} documents written"
             + (f" ({totals['empty']} empty and {totals['duplicates']} duplicates left out)"
                if totals["empty"] or totals["duplicates"] else ""))
+    for index, entry_metrics in enumerate(per_entry):
+        if entry_metrics.get("conversion_failed_by_reason"):
+            ctx.log(f"sources[{index}]: {_problems(entry_metrics)} (see outcomes.jsonl)")
+    if not totals["documents"]:
+        raise StepError(_no_documents(per_entry, ctx.out_dir / "outcomes.jsonl"))
     return {"failed_by_reason": {}, **_plain(totals), "entries": per_entry}
+
+
+def _problems(metrics: dict) -> str:
+    """What kept an entry's pages from becoming documents, by reason."""
+    found = [f"{reason} x{count}" for reason, count in
+             sorted((metrics.get("conversion_failed_by_reason") or {}).items())]
+    if metrics.get("empty"):
+        found.append(f"no text left x{metrics['empty']}")
+    if metrics.get("duplicates"):
+        found.append(f"duplicate id x{metrics['duplicates']}")
+    return "conversion failed: " + ", ".join(found) if found else "nothing read"
+
+
+def _no_documents(per_entry: list[dict], outcomes: Path) -> str:
+    """The zero-document error: each entry with what it read and why nothing came of it."""
+    lines = ["sources: no document was written, so there is nothing to train on."]
+    for index, metrics in enumerate(per_entry):
+        read = metrics.get("files", metrics.get("modules", metrics.get("fetched")))
+        lines.append(f"  sources[{index}] ({metrics['type']}): "
+                     + (f"{read} read; " if read is not None else "") + _problems(metrics))
+    first = _first_failure(outcomes)
+    if first:
+        lines.append(f"First failure: {first}")
+    lines.append("Fix the files or pages named in outcomes.jsonl, check `format:` and "
+                 "`main_content:`, or point `paths`/`urls` at documents with text.")
+    return "\n".join(lines)
+
+
+def _first_failure(outcomes: Path) -> str:
+    with open(outcomes, encoding="utf-8") as handle:
+        for line in handle:
+            outcome = json.loads(line)
+            if outcome.get("status") == "failed":
+                where = outcome.get("path") or outcome.get("url")
+                return f"{where}: {outcome.get('reason')} - {outcome.get('detail') or ''}".rstrip(" -")
+    return ""
 
 
 def _write_documents(documents, handle, seen: set[str]) -> dict:

@@ -34,6 +34,6 @@ def train_auto(ctx: StepContext) -> dict:
     from runner.train.train_common import choose_backend
     from runner.train.train_run import run_training
 
-    backend, reason = choose_backend()
+    backend, reason = choose_backend(ctx.settings)
     ctx.log(f"backend auto: using {backend} ({reason})")
     return run_training(ctx, backend)

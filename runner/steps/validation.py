@@ -17,16 +17,19 @@ DEDUP_BATCH_CHARS = 32_000_000
 
 
 @step("validation", inputs=["pairing"],
-      outputs=["pairs.jsonl", "stats.json", "data_report.md", "data_report.json"], version=1)
+      outputs=["pairs.jsonl", "stats.json", "data_report.md", "data_report.json"], version=2)
 def validate_pairs(ctx: StepContext) -> dict:
     """Final filters, in order: the original's charset filter (`charset_filter`, off: it
     destroys code and non-English text), length limits (longer than `min_*_chars`, at most
     `max_*_chars`), exact dedup of the normalized instruction (`dedup`), near-duplicate removal
     of instruction + response with MinHash LSH (`near_dedup`); `workers` > 1 runs the per-pair
     checks in a process pool (dedup stays in order). Writes the kept pairs, drop
-    counts per reason, and data_report.md/json: counts per stage with drop reasons, length
-    histograms and `examples` random pairs (`seed`)."""
+    counts per reason, and data_report.md/json: counts per stage with drop reasons, the
+    data-quality scorecard (answers ending mid-sentence or on ":", markup residue, URLs, code
+    blocks, instruction diversity, duplicate rates, lengths), length histograms and `examples`
+    random pairs (`seed`)."""
     from runner.data.pair_checks import Deduplicator
+    from runner.data.scorecard import summary_line
 
     settings = ctx.settings
     source = ctx.inputs["pairing"] / "pairs.jsonl"
@@ -40,10 +43,13 @@ def validate_pairs(ctx: StepContext) -> dict:
             kept = list(dedup.kept(batch, tally.dropped))
             out.writelines(candidate[0] + "\n" for candidate in kept)
             tally.keep(kept)
+    scorecard = tally.scorecard.as_dict(tally.pairs_in, dedup.exact_repeats,
+                                        tally.dropped["near_duplicate"] if dedup.near else None)
     stats = {"pairs_in": tally.pairs_in, "kept": tally.kept,
-             "dropped": dict(tally.dropped.most_common())}
+             "dropped": dict(tally.dropped.most_common()), "scorecard": scorecard}
     write_json(ctx.out_dir / "stats.json", stats)
     _write_report(ctx, pairing_stats, stats, tally)
+    ctx.log(f"scorecard: {summary_line(scorecard)}")
     reasons = ", ".join(f"{r} {c}" for r, c in tally.dropped.most_common())
     ctx.log(f"{tally.kept} of {tally.pairs_in} pairs kept" + (f" (dropped: {reasons})" if reasons
             else "") + f"; report: {ctx.run_dir / 'validation' / 'data_report.md'}")
@@ -58,11 +64,13 @@ class _Tally:
 
     def __init__(self, settings: dict):
         from runner.data.data_report import LengthHistogram, Reservoir
+        from runner.data.scorecard import Scorecard
 
         self.pairs_in = self.kept = 0
         self.dropped: Counter = Counter()
         self.histograms = {"instruction": LengthHistogram(), "response": LengthHistogram()}
         self.sample = Reservoir(settings["examples"], settings["seed"])
+        self.scorecard = Scorecard(settings["seed"])
 
     def keep(self, candidates: list[tuple]) -> None:
         self.kept += len(candidates)
@@ -70,6 +78,7 @@ class _Tally:
         self.histograms["response"].add_many([c[3] for c in candidates])
         for candidate in candidates:
             self.sample.add(candidate[0])
+            self.scorecard.add(candidate[5], candidate[6], candidate[7], (candidate[2], candidate[3]))
 
 
 def _candidate_batches(ctx: StepContext, source, total: int | None, tally: _Tally
@@ -101,7 +110,7 @@ def _write_report(ctx: StepContext, pairing_stats: dict, stats: dict, tally: _Ta
 
     report = build_report(pairing_stats.get("upstream", {}).get("cleaning", {}), pairing_stats,
                           stats, {k: h.as_dict() for k, h in tally.histograms.items()},
-                          [json.loads(line) for line in tally.sample.items])
+                          [json.loads(line) for line in tally.sample.items], stats["scorecard"])
     write_json(ctx.out_dir / "data_report.json", report)
     (ctx.out_dir / "data_report.md").write_text(render_markdown(report, ctx.recipe_name),
                                                 encoding="utf-8")

@@ -42,8 +42,14 @@ def unsloth_installed() -> bool:
     return importlib.util.find_spec("unsloth") is not None
 
 
-def choose_backend() -> tuple[str, str]:
+def choose_backend(training: dict | None = None) -> tuple[str, str]:
     """auto: unsloth when a CUDA GPU and unsloth are both present, else hf. Returns (backend, why)."""
+    from runner.train.distributed_layout import layout_of
+    layout = layout_of(training or {})
+    if layout.strategy == "fsdp2":
+        return "hf", "strategy fsdp2 (Unsloth's multi-GPU path is ddp only)"
+    if layout.launched and layout.device == "cpu":
+        return "hf", "training.distributed.device is cpu"
     if not cuda_available():
         return "hf", "no CUDA GPU"
     import torch
@@ -72,6 +78,9 @@ def preload_unsloth(training: dict | None) -> bool:
     """
     if not training or training.get("backend", "auto") == "hf" or not unsloth_installed():
         return False
+    from runner.train.distributed_layout import layout_of
+    if layout_of(training).launched:
+        return False      # the ranks import it themselves; CUDA stays untouched here
     if not cuda_available():
         return False
     import os
@@ -127,11 +136,13 @@ def gradient_checkpointing(lora: dict) -> bool:
     return lora.get("use_gradient_checkpointing") not in (False, None)
 
 
+def packed(training: dict) -> bool:
+    """Rows of a micro-batch go in one sequence (runner.train.packing's collator, not TRL's)."""
+    return bool(training.get("packing") or training.get("padding_free"))
+
+
 def max_length_for(training: dict, model: dict) -> int | None:
-    # TRL refuses padding-free batches without packing when it would have to truncate; rows
-    # are truncated to max_seq_length before they reach the trainer, so none is needed there.
-    if training["padding_free"] and not training["packing"]:
-        return None
+    # Rows are cut at max_seq_length before they reach the trainer; TRL only re-checks it.
     return int(model["max_seq_length"])
 
 
@@ -163,8 +174,10 @@ def sft_config_kwargs(training: dict, model: dict, lora: dict, plan: Plan, *,
         # TensorBoard gets its own callback writing into the run folder (see train_metrics).
         report_to="none",
         max_length=max_length_for(training, model),
-        packing=training["packing"],
-        padding_free=training["padding_free"],
+        # Our collator packs (TRL's packing and padding-free let GPT-OSS rows attend to each
+        # other, and Unsloth drops them for GPT-OSS); TRL sees plain rows.
+        packing=False,
+        padding_free=False,
         dataset_text_field="text",
         router_aux_loss_coef=training["router_aux_loss_coef"],
         gradient_checkpointing=gradient_checkpointing(lora),

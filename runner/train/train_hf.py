@@ -72,16 +72,17 @@ def load(job):
     """(model, tokenizer, peft_config) for the job, on its device."""
     import torch
 
-    from runner.models import load_model, load_tokenizer
+    from runner.models import load_tokenizer
 
     model_settings, lora = job.model, job.lora
     if lora.get("loftq_config") and model_settings["load_in_4bit"]:
         raise StepError("lora.loftq_config quantizes the base weights itself: set "
                         "model.load_in_4bit: false to use LoftQ with the hf backend")
     tokenizer = load_tokenizer(model_settings, job.recipe_dir)
-    model = load_model(model_settings, device=job.plan.device, base_dir=job.recipe_dir)
+    model = job.load_base_model()
     torch.manual_seed(lora["random_state"])
-    if model_settings["load_in_4bit"]:
+    # FSDP2 shards the 4-bit weights as stored (bnb_4bit_quant_storage): no fp32 upcast there.
+    if model_settings["load_in_4bit"] and not (job.world and job.world.sharded):
         from peft import prepare_model_for_kbit_training
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=gradient_checkpointing(lora),
@@ -106,7 +107,8 @@ def build_trainer(job):
     try:
         trainer = SFTTrainer(model=model, args=SFTConfig(**job.sft_kwargs()),
                              train_dataset=train_ds, eval_dataset=eval_ds,
-                             processing_class=tokenizer, peft_config=peft_config)
+                             processing_class=tokenizer, peft_config=peft_config,
+                             data_collator=job.collator(tokenizer))
     except ValueError as error:
         raise StepError(f"the trainer rejected the training settings: {error}") from error
     return trainer, tokenizer

@@ -93,9 +93,10 @@ class BatchChecker:
                                     self.chat["response_part"]), None
 
     def check(self, batch: dict) -> None:
+        pad = self.tokenizer.pad_token_id
         for ids, labels, starts_masked in split_batch(batch):
-            if not ids:
-                continue
+            if not ids or (set(ids) == {pad} and set(labels) == {IGNORE}):
+                continue   # empty, or the padding a packed sequence ends with
             reference, row = self.reference(ids)
             if starts_masked:
                 reference[0] = IGNORE

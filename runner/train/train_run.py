@@ -19,6 +19,7 @@ from runner.train.train_common import (
     checkpoint_root,
     checkpoint_step,
     cuda_available,
+    packed,
     plan_for,
     prepare_checkpoints,
     read_rows,
@@ -47,6 +48,24 @@ class Job:
     root: Path                       # checkpoint folder (survives crashes)
     train_rows: list[dict]
     eval_rows: list[dict]
+    world: object = None             # distributed_worker.World when this is one rank of several
+
+    @property
+    def writes(self) -> bool:
+        """Only rank 0 (each machine's local rank 0) writes into the step's folder."""
+        return self.world is None or self.world.writes
+
+    @property
+    def placement(self) -> dict:
+        """Unsloth's device_map on a rank: its own GPU (a full copy per GPU, as Unsloth documents)."""
+        return {"device_map": {"": self.world.device}} if self.world else {}
+
+    def load_base_model(self):
+        from runner.models import load_model
+        if self.world is not None:
+            from runner.train.distributed_model import load_for_rank
+            return load_for_rank(self)
+        return load_model(self.model, device=self.plan.device, base_dir=self.recipe_dir)
 
     @property
     def training(self) -> dict:
@@ -74,9 +93,19 @@ class Job:
     def limit(self) -> int:
         return int(self.model["max_seq_length"])
 
+    @property
+    def packed(self) -> bool:
+        return packed(self.training)
+
+    def collator(self, tokenizer):
+        """The packing collator (runner.train.packing), or None for TRL's padded batches."""
+        from runner.train.packing import collator_for
+        return collator_for(self.training, tokenizer)
+
     def sft_kwargs(self) -> dict:
-        return sft_config_kwargs(self.training, self.model, self.lora, self.plan,
-                                 output_dir=self.root, has_eval=bool(self.eval_rows))
+        kwargs = sft_config_kwargs(self.training, self.model, self.lora, self.plan,
+                                   output_dir=self.root, has_eval=bool(self.eval_rows))
+        return {**kwargs, **self.world.sft_overrides()} if self.world else kwargs
 
     def text_datasets(self):
         from datasets import Dataset
@@ -109,8 +138,15 @@ class Job:
         return encode(self.train_rows, "train"), encode(self.eval_rows, "eval")
 
 
-def make_plan(training: dict, model: dict, backend: str) -> Plan:
+def make_plan(training: dict, model: dict, backend: str, cpu_only: bool = False) -> Plan:
     import torch
+    check_backend(backend)
+    device = "cuda" if cuda_available() and not cpu_only else "cpu"
+    bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+    return plan_for(training, model, device, bf16_supported=bf16)
+
+
+def check_backend(backend: str) -> None:
     if backend == "unsloth":
         if not cuda_available():
             raise StepError("training.backend is unsloth but there is no CUDA GPU here: set "
@@ -118,14 +154,18 @@ def make_plan(training: dict, model: dict, backend: str) -> Plan:
         if not unsloth_installed():
             raise StepError("training.backend is unsloth but unsloth is not installed: "
                             "`pip install unsloth`, or set training.backend: hf")
-    device = "cuda" if cuda_available() else "cpu"
-    bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
-    return plan_for(training, model, device, bf16_supported=bf16)
 
 
 def run_training(ctx, backend: str) -> dict:
+    import torch
+
+    from runner.train.distributed_layout import layout_of, refuse
     training = ctx.settings
-    plan = make_plan(training, ctx.sections["model"], backend)
+    gpus = torch.cuda.device_count()
+    layout = layout_of(training, gpus)
+    refuse(training, layout, gpus)
+    # A launching step leaves CUDA alone (the ranks own the GPUs): each rank makes its plan.
+    plan = None if layout.launched else make_plan(training, ctx.sections["model"], backend)
     rows = read_rows(ctx.inputs["chat_template"])
     train_rows, eval_rows = split_rows(rows, training["eval_fraction"], training["seed"])
     write_jsonl(ctx.out_dir / "eval.jsonl", eval_rows)
@@ -138,26 +178,49 @@ def run_training(ctx, backend: str) -> dict:
         metrics_path.unlink(missing_ok=True)
     else:
         trim_metrics(metrics_path, resumed_step)
+    if layout.launched:
+        from runner.train.distributed import launch
+        check_backend(backend)
+        return launch(ctx, backend, layout)
     job = Job(ctx, backend, plan, root, train_rows, eval_rows)
+    return train_job(job, resume_from, metrics_path)
+
+
+def train_job(job: Job, resume_from: Path | None, metrics_path: Path) -> dict:
+    ctx, plan = job.ctx, job.plan
+    resumed_step = checkpoint_step(resume_from) if resume_from else None
     if ctx.quiet:
         import datasets
         datasets.disable_progress_bars()
-    ctx.log(f"{backend} backend on {describe_device(plan.device)}: {len(train_rows)} train "
-            f"rows, {len(eval_rows)} eval rows")
-    trainer, tokenizer = _backend(backend).build_trainer(job)
+    ctx.log(f"{job.backend} backend on {describe_device(plan.device)}: {len(job.train_rows)} "
+            f"train rows, {len(job.eval_rows)} eval rows")
+    trainer, tokenizer = _backend(job.backend).build_trainer(job)
     for note in plan.notes:
         ctx.log(f"note: {note}")
     mask = verify_batches(trainer, tokenizer, job)
+    from runner.train import contract
+    checks = contract.start(trainer, job)
     callback = _attach_callbacks(trainer, job, metrics_path)
     if resume_from is not None:
         ctx.log(f"resuming from {resume_from.name} (step {resumed_step})")
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     _save_outputs(trainer, tokenizer, job, metrics_path)
-    summary = _summary(trainer, job, callback, mask, resumed_step)
+    distributed = job.world.summary(job.training, peak_memory()) if job.world else None
+    if not job.writes:
+        return {}
+    summary = {**_summary(trainer, job, callback, mask, resumed_step), "distributed": distributed,
+               "contract": checks, "router_aux_loss_coef": checks["router_aux_loss_coef"],
+               "packed": job.packed}
     write_json(ctx.out_dir / "summary.json", summary)
-    shutil.rmtree(root, ignore_errors=True)  # the adapter is saved: checkpoints are spent
+    shutil.rmtree(job.root, ignore_errors=True)  # the adapter is saved: checkpoints are spent
+    return step_metrics(summary)
+
+
+def step_metrics(summary: dict) -> dict:
+    """What the training step returns (its completion record's metrics), from summary.json."""
     return {k: summary[k] for k in ("backend", "steps", "first_loss", "final_loss", "eval_loss",
-                                    "tokens_per_s", "steps_per_s", "resumed_from_step")}
+                                    "tokens_per_s", "steps_per_s", "resumed_from_step",
+                                    "router_aux_loss_coef", "packed")}
 
 
 def _backend(name: str):
@@ -179,7 +242,7 @@ def verify_batches(trainer, tokenizer, job: Job) -> dict:
     """Check the trainer's own collated batches: trained tokens are exactly the answers."""
     if not job.training["train_on_responses_only"]:
         job.ctx.log("train_on_responses_only is false: every token is trained")
-        return {"checked": False}
+        return job.world.merged_mask({"checked": False}) if job.world else {"checked": False}
     from runner.train.train_mask import BatchChecker
 
     checker = BatchChecker(tokenizer, job.chat, job.train_rows, job.limit)
@@ -190,9 +253,13 @@ def verify_batches(trainer, tokenizer, job: Job) -> dict:
         batches += 1
         if batches == VERIFY_BATCHES:
             break
-    job.ctx.log(f"mask verified on {checker.checked} rows of {batches} collated batch(es): "
+    mask = {"checked": True, "batches": batches, "rows": checker.checked}
+    if job.world is not None:
+        mask = job.world.merged_mask(mask)
+    where = f" on each of {mask['ranks']} ranks, every rank its own" if job.world else ""
+    job.ctx.log(f"mask verified on {mask['rows']} rows of {batches} collated batch(es){where}: "
                 "only assistant answers are trained")
-    return {"checked": True, "batches": batches, "rows": checker.checked}
+    return mask
 
 
 def _attach_callbacks(trainer, job: Job, metrics_path: Path):
@@ -200,15 +267,20 @@ def _attach_callbacks(trainer, job: Job, metrics_path: Path):
 
     for noisy in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(noisy)
-    tb_dir = job.root / "tensorboard" if tensorboard_ready(job.training["report_to"]) else None
+    tensorboard = tensorboard_ready(job.training["report_to"]) and job.writes
+    tb_dir = job.root / "tensorboard" if tensorboard else None
     callback = metrics_callback(metrics_path, job.ctx, tb_dir)
     trainer.add_callback(callback)
     return callback
 
 
 def _save_outputs(trainer, tokenizer, job: Job, metrics_path: Path) -> None:
+    whole = job.world.full_state(trainer.model) if job.world else None   # FSDP2: a collective
+    if not job.writes:
+        return
     out = job.ctx.out_dir
-    trainer.model.save_pretrained(str(out / "adapter"))
+    trainer.model.save_pretrained(str(out / "adapter"),
+                                  **({"state_dict": whole} if whole is not None else {}))
     tokenizer.save_pretrained(str(out / "adapter"))
     shutil.copyfile(metrics_path, out / "metrics.jsonl")
     if (job.root / "tensorboard").is_dir():

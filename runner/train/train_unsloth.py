@@ -40,7 +40,7 @@ def load(job):
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=path, max_seq_length=settings["max_seq_length"],
         dtype=_dtype(settings["dtype"]), load_in_4bit=settings["load_in_4bit"],
-        full_finetuning=settings["full_finetuning"], **hub)
+        full_finetuning=settings["full_finetuning"], **hub, **job.placement)
     if settings["full_finetuning"]:
         return model, tokenizer
     extra = {"target_parameters": lora["target_parameters"]} if lora.get("target_parameters") else {}
@@ -62,12 +62,16 @@ def build_trainer(job):
         tokenizer.pad_token = tokenizer.eos_token
     # mask markers: the notebook's path (text rows, then train_on_responses_only); mask
     # template: rows arrive tokenized with the template's spans as labels.
-    markers = job.chat["mask"] == "markers" and job.training["train_on_responses_only"]
+    # Packed batches take tokenized rows too (labels by the same markers rule); given our
+    # collator, Unsloth leaves its own packing (which it refuses for GPT-OSS) off.
+    markers = (job.chat["mask"] == "markers" and job.training["train_on_responses_only"]
+               and not job.packed)
     train_ds, eval_ds = job.text_datasets() if markers else job.datasets(tokenizer)
     try:
         trainer = SFTTrainer(model=model, processing_class=tokenizer,
                              train_dataset=train_ds, eval_dataset=eval_ds,
-                             args=SFTConfig(**job.sft_kwargs()))
+                             args=SFTConfig(**job.sft_kwargs()),
+                             data_collator=job.collator(tokenizer))
     except ValueError as error:
         raise StepError(f"the trainer rejected the training settings: {error}") from error
     if markers:

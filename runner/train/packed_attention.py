@@ -1,0 +1,189 @@
+"""Document-masked attention for packed GPT-OSS batches, with the attention sinks applied exactly.
+
+`install(model)` hooks the model's backbone: when a forward gets restarting `position_ids` and no
+2D attention mask (a packed batch), it builds one mask per layer kind, {"full_attention": ...,
+"sliding_attention": ...}, in which a token sees only earlier tokens of its own row (sliding
+layers: also only the last `config.sliding_window` of them). Each GPT-OSS attention module then
+computes with that mask:
+
+- on CUDA, FlexAttention with BlockMasks from `create_block_mask`; the sink logit joins the
+  softmax through the log-sum-exp: out * sigmoid(lse - sink), exactly softmax([scores, sink]);
+- elsewhere (CPU), transformers' own eager GPT-OSS attention with an exact 4D additive mask.
+
+Unpadded, unpacked batches (with an attention mask, or no position ids) go through the module's
+original forward untouched, so evaluation and the padded path are unchanged.
+"""
+
+from __future__ import annotations
+
+import types
+
+KERNELS = ("flex", "eager")
+
+
+class PackedMasks:
+    """The masks of the batch being computed, shared by every attention module of one model.
+
+    Gradient checkpointing recomputes layers during backward, before the next forward
+    replaces these, so the recomputation sees the same masks.
+    """
+
+    def __init__(self, kernel: str, sliding_window: int | None):
+        self.kernel = kernel
+        self.sliding_window = sliding_window
+        self.current: dict | None = None
+
+
+def backbone_of(model):
+    """The decoder stack (GptOssModel) under PEFT and task heads."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder() if hasattr(base, "get_decoder") else base.model
+
+
+def sink_attention_modules(model) -> list:
+    """The attention modules that carry GPT-OSS attention sinks."""
+    return [module for module in backbone_of(model).modules()
+            if hasattr(module, "sinks") and hasattr(module, "q_proj")]
+
+
+def default_kernel(device) -> str:
+    return "flex" if str(device).startswith("cuda") else "eager"
+
+
+def install(model, kernel: str | None = None) -> PackedMasks | None:
+    """Make packed batches exact for a GPT-OSS model; None for a model without sinks (its
+    transformers backbone already builds packed masks from position ids) or if installed."""
+    modules = sink_attention_modules(model)
+    if not modules:
+        return None
+    backbone = backbone_of(model)
+    if getattr(backbone, "_packed_masks", None) is not None:
+        return backbone._packed_masks
+    device = next(backbone.parameters()).device
+    masks = PackedMasks(kernel or default_kernel(device), backbone.config.sliding_window)
+    if masks.kernel not in KERNELS:
+        raise ValueError(f"unknown packed attention kernel {masks.kernel!r}: use one of {KERNELS}")
+    backbone._packed_masks = masks
+    backbone.register_forward_pre_hook(_mask_hook(masks), with_kwargs=True)
+    for module in modules:
+        module._packed_original_forward = module.forward
+        module._packed_masks = masks
+        module.forward = types.MethodType(_packed_forward, module)
+    return masks
+
+
+def _mask_hook(masks: PackedMasks):
+    def hook(backbone, args, kwargs):
+        position_ids = kwargs.get("position_ids")
+        if position_ids is None or kwargs.get("attention_mask") is not None:
+            masks.current = None
+            return None
+        embeddings = backbone.get_input_embeddings().weight
+        masks.current = build_masks(position_ids.to(embeddings.device), masks.kernel,
+                                    masks.sliding_window, embeddings.dtype)
+        return None
+    return hook
+
+
+def build_masks(position_ids, kernel: str, sliding_window: int | None, dtype) -> dict:
+    """{"full_attention": mask, "sliding_attention": mask} for packed position ids [B, T]."""
+    from runner.train.packing import document_ids
+
+    documents = document_ids(position_ids)
+    if kernel == "flex":
+        return {"full_attention": block_mask(documents, None),
+                "sliding_attention": block_mask(documents, sliding_window)}
+    return {"full_attention": additive_mask(documents, None, dtype),
+            "sliding_attention": additive_mask(documents, sliding_window, dtype)}
+
+
+def allowed(documents, sliding_window: int | None):
+    """[B, T, T] booleans: query q may attend key k (same row, causal, within the window)."""
+    import torch
+
+    length = documents.shape[-1]
+    q = torch.arange(length, device=documents.device).view(-1, 1)
+    k = torch.arange(length, device=documents.device).view(1, -1)
+    keep = (documents.unsqueeze(-1) == documents.unsqueeze(-2)) & (q >= k)
+    if sliding_window:
+        keep &= (q - k) < sliding_window     # transformers' sliding_window_overlay
+    return keep
+
+
+def additive_mask(documents, sliding_window: int | None, dtype):
+    """The eager attention's [B, 1, T, T] mask: 0 where allowed, the dtype's minimum elsewhere."""
+    import torch
+
+    keep = allowed(documents, sliding_window).unsqueeze(1)
+    mask = torch.zeros(keep.shape, dtype=dtype, device=documents.device)
+    return mask.masked_fill(~keep, torch.finfo(dtype).min)
+
+
+def block_mask(documents, sliding_window: int | None):
+    """FlexAttention BlockMask of the same rule (compiled builder on CUDA: O(blocks) memory)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def same_row_causal(b, h, q, k):
+        keep = (documents[b, q] == documents[b, k]) & (q >= k)
+        if sliding_window:
+            keep = keep & ((q - k) < sliding_window)
+        return keep
+
+    batch, length = documents.shape
+    return create_block_mask(same_row_causal, batch, None, length, length,
+                             device=documents.device, _compile=documents.is_cuda)
+
+
+def _packed_forward(self, hidden_states, position_embeddings=None, attention_mask=None,
+                    **kwargs):
+    masks = self._packed_masks.current
+    if masks is None:
+        return self._packed_original_forward(hidden_states, position_embeddings=position_embeddings,
+                                             attention_mask=attention_mask, **kwargs)
+    from transformers.models.gpt_oss import modeling_gpt_oss
+
+    shape = (*hidden_states.shape[:-1], -1, self.head_dim)
+    query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
+    key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
+    value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+    cos, sin = position_embeddings
+    query, key = modeling_gpt_oss.apply_rotary_pos_emb(query, key, cos, sin)
+    key, value = key.to(query.dtype), value.to(query.dtype)
+    mask = masks["sliding_attention" if self.sliding_window else "full_attention"]
+    if self._packed_masks.kernel == "flex":
+        output = flex_sink_attention(self, query, key, value, mask)
+    else:
+        output, _ = modeling_gpt_oss.eager_attention_forward(
+            self, query, key, value, mask, scaling=self.scaling, dropout=0.0)
+    output = output.reshape(*hidden_states.shape[:-1], -1).contiguous()
+    return self.o_proj(output), None
+
+
+def flex_sink_attention(module, query, key, value, mask):
+    """FlexAttention over the BlockMask, then the sink: softmax([s, sink]) = softmax(s) *
+    sigmoid(lse(s) - sink). Returns [B, T, heads, head_dim] like the eager function."""
+    import torch
+
+    output, lse = _flex(query, key, value, mask, module.scaling)
+    keep = torch.sigmoid(lse.float() - module.sinks.float().view(1, -1, 1))
+    return (output * keep.unsqueeze(-1).to(output.dtype)).transpose(1, 2)
+
+
+_COMPILED = {}
+
+
+def _flex(query, key, value, mask, scale):
+    """(output, lse): compiled on CUDA; the unfused reference elsewhere (forward only)."""
+    import torch
+    from torch.nn.attention import flex_attention as flex
+
+    function = flex.flex_attention
+    if query.is_cuda:
+        function = _COMPILED.setdefault("flex", torch.compile(flex.flex_attention))
+    gqa = query.shape[1] != key.shape[1]
+    if hasattr(flex, "AuxRequest"):
+        output, aux = function(query, key, value, block_mask=mask, scale=scale, enable_gqa=gqa,
+                               return_aux=flex.AuxRequest(lse=True))
+        return output, aux.lse
+    return function(query, key, value, block_mask=mask, scale=scale, enable_gqa=gqa,
+                    return_lse=True)

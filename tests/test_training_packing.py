@@ -1,0 +1,232 @@
+"""Packed GPT-OSS batches equal the same rows unpacked: per-row loss and every LoRA gradient
+(fp32, CPU, tiny GPT-OSS with a short sliding window), and through the real training step."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from training_helpers import fast_training, make_ctx, read_jsonl, run_step, tiny_model
+
+from runner.chat.loss_mask import IGNORE
+from runner.train import packed_attention
+from runner.train.packing import PackedCollator, pack_rows, row_spans
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+ROW_LENGTHS = (23, 40, 17)      # longer than the sliding window of 8, different from each other
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from runner.models import load_tokenizer
+    return load_tokenizer(tiny_model())
+
+
+def _model(tokenizer):
+    """Tiny GPT-OSS (sliding window 8 so the sliding layers matter) with LoRA on attention and
+    experts; LoRA B starts random so every adapter weight has a gradient."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from runner.tiny_model import model_config
+
+    config = model_config("gpt_oss", tokenizer, num_hidden_layers=2, hidden_size=64,
+                          num_local_experts=4, vocab_size=2048, sliding_window=8)
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    return get_peft_model(base, LoraConfig(
+        r=4, lora_alpha=8, init_lora_weights=False,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]))
+
+
+def _rows():
+    import torch
+    generator = torch.Generator().manual_seed(1)
+    rows = []
+    for length in ROW_LENGTHS:
+        ids = torch.randint(10, 2000, (length,), generator=generator).tolist()
+        rows.append({"input_ids": ids, "labels": [IGNORE] * 5 + ids[5:]})   # a masked prompt
+    return rows
+
+
+def _sum_nll(logits, labels):
+    """(summed next-token NLL over the trained labels, their count)."""
+    import torch
+    log_probs = torch.log_softmax(logits[:-1].float(), dim=-1)
+    targets = torch.tensor(labels[1:])
+    keep = targets != IGNORE
+    return -log_probs[keep.nonzero().squeeze(-1), targets[keep]].sum(), int(keep.sum())
+
+
+def _gradients(model):
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    return grads
+
+
+def _unpacked(model, rows):
+    import torch
+    total, count, per_row = 0, 0, []
+    for row in rows:
+        logits = model(input_ids=torch.tensor([row["input_ids"]])).logits[0]
+        nll, n = _sum_nll(logits, row["labels"])
+        per_row.append(float(nll / n))
+        total, count = total + nll, count + n
+    (total / count).backward()          # the trainer's normalisation: all trained tokens
+    return per_row, _gradients(model)
+
+
+def _packed(model, rows, pad_id, backward=True):
+    batch = PackedCollator(pad_id, multiple=16)(rows)
+    logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
+    labels = batch["labels"][0].tolist()
+    total, count, per_row = 0, 0, []
+    for start, end in row_spans(batch["position_ids"][0].tolist())[:len(rows)]:
+        nll, n = _sum_nll(logits[start:end], labels[start:end])
+        per_row.append(float(nll / n))
+        total, count = total + nll, count + n
+    if backward:
+        (total / count).backward()
+    return per_row, _gradients(model) if backward else None, logits
+
+
+def _relative(a, b):
+    return abs(a - b) / abs(b)
+
+
+def test_pack_rows_masks_each_rows_first_label_and_pads_to_the_multiple():
+    packed = pack_rows([{"input_ids": [5, 6, 7], "labels": [5, 6, 7]},
+                        {"input_ids": [8, 9], "labels": [IGNORE, 9]}], pad_token_id=1, multiple=8)
+    assert packed["input_ids"] == [5, 6, 7, 8, 9, 1, 1, 1]
+    assert packed["labels"] == [IGNORE, 6, 7, IGNORE, 9, IGNORE, IGNORE, IGNORE]
+    assert packed["position_ids"] == [0, 1, 2, 0, 1, 0, 1, 2]
+    assert row_spans(packed["position_ids"]) == [(0, 3), (3, 5), (5, 8)]
+
+
+def test_packed_rows_have_the_loss_and_gradients_of_the_rows_alone(tokenizer):
+    model = _model(tokenizer)
+    rows = _rows()
+    alone, alone_grads = _unpacked(model, rows)
+    assert packed_attention.install(model).kernel == "eager"
+    packed, packed_grads, _ = _packed(model, rows, tokenizer.pad_token_id)
+    for got, want in zip(packed, alone, strict=True):
+        assert _relative(got, want) < 1e-3
+    experts = [name for name in alone_grads if "experts" in name]
+    assert len(experts) == 8 and all(alone_grads[name].norm() > 0 for name in alone_grads)
+    for name, want in alone_grads.items():
+        assert float((packed_grads[name] - want).norm() / want.norm()) < 1e-3, name
+
+
+def test_without_the_document_masks_packed_rows_attend_to_each_other(tokenizer):
+    """The control: position ids alone (what TRL's padding-free relies on) leave row 1 exact
+    and contaminate the later rows, so the test above can fail."""
+    import torch
+    model = _model(tokenizer)
+    rows = _rows()
+    with torch.no_grad():
+        _, _, contaminated = _packed(model, rows, tokenizer.pad_token_id, backward=False)
+        packed_attention.install(model)
+        _, _, exact = _packed(model, rows, tokenizer.pad_token_id, backward=False)
+    first = slice(0, ROW_LENGTHS[0])
+    torch.testing.assert_close(contaminated[first], exact[first])
+    later = slice(ROW_LENGTHS[0], sum(ROW_LENGTHS))
+    assert float((contaminated[later] - exact[later]).abs().max()) > 1e-2
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_flex_attention_block_masks_with_sinks_match_the_eager_rows(tokenizer):
+    """The CUDA kernel path (FlexAttention BlockMasks, sinks through the log-sum-exp), run by
+    its unfused reference on CPU (forward only there)."""
+    import torch
+    model = _model(tokenizer)
+    rows = _rows()
+    with torch.no_grad():
+        alone = [model(input_ids=torch.tensor([row["input_ids"]])).logits[0] for row in rows]
+        packed_attention.install(model, kernel="flex")
+        _, _, packed = _packed(model, rows, tokenizer.pad_token_id, backward=False)
+    start = 0
+    for row, want in zip(rows, alone, strict=True):
+        got = packed[start:start + len(row["input_ids"])]
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        start += len(row["input_ids"])
+
+
+def test_the_packed_training_step_logs_the_padded_runs_losses(tmp_path):
+    """Same rows per micro-batch, same order: packing changes the batch layout, not the loss."""
+    losses = {}
+    for packing in (False, True):
+        ctx = make_ctx(tmp_path / str(packing), fast_training(max_steps=3, packing=packing))
+        metrics = run_step(ctx)
+        losses[packing] = [r["loss"] for r in read_jsonl(ctx.out_dir / "metrics.jsonl")
+                           if "loss" in r]
+        summary = json.loads((ctx.out_dir / "summary.json").read_text())
+        assert metrics["packed"] is packing and summary["mask"]["rows"] == 4
+    assert summary["contract"]["packing"]["kernel"] == "eager"
+    assert summary["contract"]["packing"]["max_relative_difference"] < 1e-4
+    assert len(losses[True]) == 3
+    for got, want in zip(losses[True], losses[False], strict=True):
+        assert _relative(got, want) < 1e-4
+
+
+@pytest.mark.gpu
+def test_packed_rows_match_in_bf16_on_the_gpu_with_flex_attention(tokenizer):
+    """The CUDA path for real: compiled FlexAttention with BlockMasks, backward through the
+    sink's log-sum-exp, bf16, against the model's own eager attention on each row alone."""
+    import torch
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from runner.tiny_model import model_config
+
+    config = model_config("gpt_oss", tokenizer, num_hidden_layers=2, hidden_size=256,
+                          num_local_experts=4, vocab_size=2048, sliding_window=32)
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(config, attn_implementation="eager",
+                                            dtype=torch.bfloat16).cuda()
+    model = get_peft_model(base, LoraConfig(
+        r=8, lora_alpha=16, init_lora_weights=False,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]))
+    generator = torch.Generator().manual_seed(2)
+    rows = []
+    for length in (150, 301, 90):
+        ids = torch.randint(10, 2000, (length,), generator=generator).tolist()
+        rows.append({"input_ids": ids, "labels": [IGNORE] * 20 + ids[20:]})
+    alone, alone_grads = _unpacked_on(model, rows, "cuda")
+    assert packed_attention.install(model).kernel == "flex"
+    packed, packed_grads = _packed_on(model, rows, tokenizer.pad_token_id, "cuda")
+    worst_loss = max(_relative(p, a) for p, a in zip(packed, alone, strict=True))
+    worst_grad = max(float((packed_grads[n] - g).float().norm() / g.float().norm())
+                     for n, g in alone_grads.items())
+    print(f"bf16 packed vs unpacked: loss {worst_loss:.2e}, gradients {worst_grad:.2e} relative")
+    assert worst_loss < 1e-2 and worst_grad < 5e-2
+
+
+def _unpacked_on(model, rows, device):
+    import torch
+    total, count, per_row = 0, 0, []
+    for row in rows:
+        logits = model(input_ids=torch.tensor([row["input_ids"]], device=device)).logits[0].cpu()
+        nll, n = _sum_nll(logits, row["labels"])
+        per_row.append(float(nll / n))
+        total, count = total + nll, count + n
+    (total / count).backward()
+    return per_row, _gradients(model)
+
+
+def _packed_on(model, rows, pad_id, device):
+    batch = PackedCollator(pad_id)(rows)
+    logits = model(input_ids=batch["input_ids"].to(device),
+                   position_ids=batch["position_ids"].to(device)).logits[0].cpu()
+    labels = batch["labels"][0].tolist()
+    total, count, per_row = 0, 0, []
+    for start, end in row_spans(batch["position_ids"][0].tolist())[:len(rows)]:
+        nll, n = _sum_nll(logits[start:end], labels[start:end])
+        per_row.append(float(nll / n))
+        total, count = total + nll, count + n
+    (total / count).backward()
+    return per_row, _gradients(model)
