@@ -27,6 +27,7 @@ PEAKS = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989.4e12), ("H200
 TARGETS = [("runner-packed", "bare-2x4", 4.0), ("runner-packed", "bare-8x1", 1.8),
            ("runner-full", "bare-full", 0.97)]
 PLAN_TOLERANCE = 0.15
+NOTES = "<!-- notes: kept when the tables above are rebuilt -->"
 
 
 def flops_per_token(config: dict, row: float) -> float:
@@ -94,9 +95,9 @@ def _peak(card: str) -> float | None:
 
 
 def _table(results: dict, info: dict, names: list[str], bases: list[str]) -> list[str]:
-    head = ("| run | geometry (rows x accum) | tokens/s | " + " | ".join(f"vs {b}" for b in bases)
-            + " | MFU | peak GiB | plan GiB | plan / peak | trainable |")
-    lines = [head, "|" + " --- |" * (9 + len(bases))]
+    head = ("| run | geometry (rows x accum) | tokens/s | " + "".join(f"vs {b} | " for b in bases)
+            + "MFU | peak GiB | plan GiB | plan / peak | trainable |")
+    lines = [head, "|" + " --- |" * (8 + len(bases))]
     for name in names:
         result, run = results[name], results[name]["spec"]
         geometry = f"{run['micro']} x {run['accum']}" + (" packed" if run["packing"] else "")
@@ -110,7 +111,7 @@ def _table(results: dict, info: dict, names: list[str], bases: list[str]) -> lis
         peak = _peak(info["card"])
         mfu = rate * flops_per_token(config, info["rows"][name]["mean"]) / peak if peak else None
         plan = planned_gib(result, run, config)
-        lines.append(f"| {name} | {geometry} | {rate:,.0f} | " + " | ".join(ratios) + " | "
+        lines.append(f"| {name} | {geometry} | {rate:,.0f} | " + "".join(f"{r} | " for r in ratios)
                      + (f"{100 * mfu:.1f}%" if mfu else "n/a") + f" | {result['peak_gib']:.2f} | "
                      + (f"{plan:.2f} | {plan / result['peak_gib']:.2f}" if plan else "n/a | n/a")
                      + f" | {result['trainable'] / 1e6:.1f} M |")
@@ -201,7 +202,10 @@ def main(argv=None) -> int:
             info["configs"].update(part["configs"])
             info["rows"].update(part["rows"])
         results.update(data)
-    (args.out / "training.md").write_text(render(results, info))
+    target = args.out / "training.md"
+    notes = target.read_text().split(NOTES, 1)[1] if target.is_file() and NOTES in \
+        target.read_text() else "\n"
+    target.write_text(render(results, info) + "\n" + NOTES + notes)
     return 0
 
 

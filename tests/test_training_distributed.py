@@ -119,6 +119,33 @@ def test_a_killed_rank_is_named_and_the_next_run_resumes_on_the_same_curve(tmp_p
     assert not checkpoint_root(ctx.cache_dir, ctx.key).exists()
 
 
+def test_a_stuck_rank_fails_the_run_after_timeout_s_instead_of_hanging(tmp_path):
+    """Rank 1 stopped (SIGSTOP) after the first checkpoint: rank 0's next collective gives up
+    after timeout_s, and the run ends with an error that says so."""
+    ctx = make_ctx(tmp_path, two_ranks(timeout_s=20))
+    root, folder = checkpoint_root(ctx.cache_dir, ctx.key), launch_dir(ctx.cache_dir, ctx.key)
+
+    def stop_rank_1():
+        while not any(checkpoint_step(p) for p in root.glob("checkpoint-*")):
+            time.sleep(0.02)
+        pid = json.loads((folder / "rank-1.json").read_text())["pid"]
+        os.kill(pid, signal.SIGSTOP)
+        stopped["at"] = time.time()
+        while json.loads((folder / "rank-0.json").read_text())["state"] == "running":
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGCONT)   # so that it can take the launcher's SIGTERM
+
+    stopped = {}
+    watcher = threading.Thread(target=stop_rank_1, daemon=True)
+    watcher.start()
+    with pytest.raises(StepError) as failure:
+        run_step(ctx)
+    waited = time.time() - stopped["at"]
+    message = str(failure.value)
+    assert "training rank 0 of 2 failed" in message and "waited timeout_s (20 s)" in message
+    assert 20 <= waited < 60
+
+
 MACHINE = """
 import sys, json
 from pathlib import Path

@@ -72,7 +72,7 @@ def _unpacked(model, rows):
     for row in rows:
         logits = model(input_ids=torch.tensor([row["input_ids"]])).logits[0]
         nll, n = _sum_nll(logits, row["labels"])
-        per_row.append(float(nll / n))
+        per_row.append(float(nll.detach() / n))
         total, count = total + nll, count + n
     (total / count).backward()          # the trainer's normalisation: all trained tokens
     return per_row, _gradients(model)
@@ -85,7 +85,7 @@ def _packed(model, rows, pad_id, backward=True):
     total, count, per_row = 0, 0, []
     for start, end in row_spans(batch["position_ids"][0].tolist())[:len(rows)]:
         nll, n = _sum_nll(logits[start:end], labels[start:end])
-        per_row.append(float(nll / n))
+        per_row.append(float(nll.detach() / n))
         total, count = total + nll, count + n
     if backward:
         (total / count).backward()
@@ -173,7 +173,11 @@ def test_the_packed_training_step_logs_the_padded_runs_losses(tmp_path):
 @pytest.mark.gpu
 def test_packed_rows_match_in_bf16_on_the_gpu_with_flex_attention(tokenizer):
     """The CUDA path for real: compiled FlexAttention with BlockMasks, backward through the
-    sink's log-sum-exp, bf16, against the model's own eager attention on each row alone."""
+    sink's log-sum-exp, in bf16. bf16 has no exact answer, so both bf16 paths (the model's own
+    eager attention on each row alone, and the packed flex path) are measured against the same
+    rows alone in fp32: packing may not add more than bf16 itself does."""
+    import copy
+
     import torch
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
@@ -185,25 +189,32 @@ def test_packed_rows_match_in_bf16_on_the_gpu_with_flex_attention(tokenizer):
     config = model_config("gpt_oss", tokenizer, num_hidden_layers=2, hidden_size=256,
                           num_local_experts=4, vocab_size=2048, sliding_window=32)
     torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_config(config, attn_implementation="eager",
-                                            dtype=torch.bfloat16).cuda()
-    model = get_peft_model(base, LoraConfig(
+    base = AutoModelForCausalLM.from_config(config, attn_implementation="eager").cuda()
+    exact = get_peft_model(base, LoraConfig(
         r=8, lora_alpha=16, init_lora_weights=False,
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
         target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]))
+    half = copy.deepcopy(exact).to(torch.bfloat16)
     generator = torch.Generator().manual_seed(2)
     rows = []
     for length in (150, 301, 90):
         ids = torch.randint(10, 2000, (length,), generator=generator).tolist()
         rows.append({"input_ids": ids, "labels": [IGNORE] * 20 + ids[20:]})
-    alone, alone_grads = _unpacked_on(model, rows, "cuda")
-    assert packed_attention.install(model).kernel == "flex"
-    packed, packed_grads = _packed_on(model, rows, tokenizer.pad_token_id, "cuda")
-    worst_loss = max(_relative(p, a) for p, a in zip(packed, alone, strict=True))
-    worst_grad = max(float((packed_grads[n] - g).float().norm() / g.float().norm())
-                     for n, g in alone_grads.items())
-    print(f"bf16 packed vs unpacked: loss {worst_loss:.2e}, gradients {worst_grad:.2e} relative")
-    assert worst_loss < 1e-2 and worst_grad < 5e-2
+    want, want_grads = _unpacked_on(exact, rows, "cuda")
+    alone, alone_grads = _unpacked_on(half, rows, "cuda")
+    assert packed_attention.install(half).kernel == "flex"
+    packed, packed_grads = _packed_on(half, rows, tokenizer.pad_token_id, "cuda")
+
+    def errors(losses, grads):
+        loss = max(_relative(a, b) for a, b in zip(losses, want, strict=True))
+        grad = max(float((grads[n].float() - g).norm() / g.norm()) for n, g in want_grads.items())
+        return loss, grad
+    (alone_loss, alone_grad), (packed_loss, packed_grad) = errors(alone, alone_grads), \
+        errors(packed, packed_grads)
+    print(f"against fp32 rows alone: bf16 alone loss {alone_loss:.1e} gradients {alone_grad:.1e}; "
+          f"bf16 packed loss {packed_loss:.1e} gradients {packed_grad:.1e}")
+    assert packed_loss <= 2 * alone_loss + 1e-3
+    assert packed_grad <= 2 * alone_grad + 1e-2
 
 
 def _unpacked_on(model, rows, device):
@@ -212,7 +223,7 @@ def _unpacked_on(model, rows, device):
     for row in rows:
         logits = model(input_ids=torch.tensor([row["input_ids"]], device=device)).logits[0].cpu()
         nll, n = _sum_nll(logits, row["labels"])
-        per_row.append(float(nll / n))
+        per_row.append(float(nll.detach() / n))
         total, count = total + nll, count + n
     (total / count).backward()
     return per_row, _gradients(model)
@@ -226,7 +237,7 @@ def _packed_on(model, rows, pad_id, device):
     total, count, per_row = 0, 0, []
     for start, end in row_spans(batch["position_ids"][0].tolist())[:len(rows)]:
         nll, n = _sum_nll(logits[start:end], labels[start:end])
-        per_row.append(float(nll / n))
+        per_row.append(float(nll.detach() / n))
         total, count = total + nll, count + n
     (total / count).backward()
     return per_row, _gradients(model)
