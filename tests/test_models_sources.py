@@ -112,7 +112,7 @@ def test_conversion_survives_a_kill_and_two_concurrent_runs(tmp_path):
     assert sum(out.count("converting SmolLM2") for out in outputs) == 1  # one converted, one waited
     folder = Path(folders.pop())
     record = json.loads((folder / "recipe_model.json").read_text())
-    assert record["complete"] and len(record["sha256"]) == 64 and folder.name.endswith(record["sha256"][:16])
+    assert record["complete"] and len(record["sha256"]) == 64 and f"-{record['sha256'][:16]}-" in folder.name
     assert not list(models.glob(".tmp-*")), "the dead conversion's scratch folder was not cleaned"
     tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
     assert tokenizer_config["eos_token"] == "<|im_end|>"  # the model's own stop token, not GGUF's

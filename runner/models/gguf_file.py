@@ -22,7 +22,9 @@ from runner.errors import StepError
 
 LOCAL = True
 DONE = "recipe_model.json"  # written last: its presence means the folder is complete
-CONVERTER_VERSION = 1
+# Part of the cache key: a change to how a file is converted must not reuse old conversions.
+# 2: SmolLM2's ("smollm") tokenizer is rebuilt as the byte-level BPE it was trained with.
+CONVERTER_VERSION = 2
 
 
 def matches(name: str, base_dir: Path) -> bool:
@@ -84,7 +86,7 @@ def converted_folder(gguf: Path) -> Path:
 
     digest = content_hash(gguf)
     models = cache_root() / "models"
-    final = models / f"gguf-{_slug(gguf.stem)}-{digest[:16]}"
+    final = models / _folder_name(gguf, digest)
     if is_complete(final):
         return final
     with _locked(models / ".locks" / f"{final.name}.lock"):
@@ -100,6 +102,10 @@ def converted_folder(gguf: Path) -> Path:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     return final
+
+
+def _folder_name(gguf: Path, digest: str) -> str:
+    return f"gguf-{_slug(gguf.stem)}-{digest[:16]}-v{CONVERTER_VERSION}"
 
 
 def _slug(stem: str) -> str:
@@ -140,6 +146,7 @@ def _convert(gguf: Path, out: Path, digest: str) -> None:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     _align_special_tokens(tokenizer, model)
+    _restore_byte_level(tokenizer, gguf)
     out.mkdir(parents=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -165,6 +172,36 @@ def _align_special_tokens(tokenizer, model) -> None:
             setattr(tokenizer, attribute.removesuffix("_id"), token)
 
 
+def _restore_byte_level(tokenizer, gguf: Path) -> None:
+    """Give a GGUF "smollm" tokenizer back the byte-level BPE pipeline SmolLM2 was trained with.
+
+    transformers rebuilds it from the file as a byte-fallback BPE without the byte-level
+    pre-tokenizer and decoder. Text mostly encodes the same, but the saved tokenizer.json is not
+    the model's own, and llama.cpp's converter (the gguf export) cannot map it back to a
+    vocabulary type and refuses it. The original tokenizer.json splits digits one by one, then
+    applies GPT-2's byte-level regex without a prefix space.
+    """
+    if _gguf_pre_tokenizer(gguf) != "smollm" or not getattr(tokenizer, "is_fast", False):
+        return
+    from tokenizers import decoders, pre_tokenizers
+
+    backend = tokenizer.backend_tokenizer
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    backend.decoder = decoders.ByteLevel()
+    backend.model.byte_fallback = False
+
+
+def _gguf_pre_tokenizer(gguf: Path) -> str | None:
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(gguf)).fields.get("tokenizer.ggml.pre")
+    if field is None:
+        return None
+    return bytes(field.parts[field.data[0]]).decode("utf-8", errors="replace")
+
+
 def ready_folder(model_settings: dict, base_dir: Path) -> Path | None:
     path = _file(model_settings, base_dir)
     return converted_if_ready(path) if path.is_file() else None
@@ -174,5 +211,5 @@ def converted_if_ready(gguf: Path) -> Path | None:
     """The converted folder if a conversion already finished (nothing is converted here)."""
     from runner.models.sources import cache_root
 
-    folder = cache_root() / "models" / f"gguf-{_slug(gguf.stem)}-{content_hash(gguf)[:16]}"
+    folder = cache_root() / "models" / _folder_name(gguf, content_hash(gguf))
     return folder if is_complete(folder) else None

@@ -6,7 +6,6 @@ runner/data/teacher_*.py and grounding.py).
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import Counter
 from pathlib import Path
@@ -51,6 +50,8 @@ def teacher_qa(ctx: StepContext) -> dict:
     skipped: Counter = Counter()
     counts = {"documents": 0, "pairs": 0}
     try:
+        import asyncio  # here, not at the top: `recipe validate` imports every step module
+
         summary = asyncio.run(_generate(ctx, documents, cleaning_stats, cache, skipped, counts))
     except FatalEndpointError as exc:
         raise StepError(_fatal_message(exc, s)) from None

@@ -18,8 +18,6 @@ from runner.errors import StepError
 # data order, within this relative difference at every logged step: float32 on CPU (the tests);
 # half precision on GPUs sums in another order, so there it is looser (as runner.train.contract's).
 LOSS_PARITY = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 2e-2}
-DEFAULTS = {"processes": 1, "strategy": "ddp", "device": "gpu", "machines": 1, "machine_rank": 0,
-            "main_address": "127.0.0.1", "main_port": 0, "timeout_s": 600}
 
 
 @dataclass(frozen=True)
@@ -58,7 +56,10 @@ class Layout:
 
 
 def settings_of(training: dict) -> dict:
-    return {**DEFAULTS, **(training.get("distributed") or {})}
+    """training.distributed with the schema's defaults under what the recipe sets."""
+    from runner.validate import fill_defaults, schema
+    node = schema()["$defs"]["training"]["properties"]["distributed"]
+    return fill_defaults(dict(training.get("distributed") or {}), node, top=False)
 
 
 def layout_of(training: dict, gpus: int | None = None) -> Layout:
