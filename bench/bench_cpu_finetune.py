@@ -93,6 +93,8 @@ def render(load: dict, run: dict) -> str:
     return f"""# CPU fine-tune: SmolLM2-135M-Instruct, the main job (`bench/bench_cpu_finetune.py`)
 
 Machine: {machine()}
+Load average (1 min) at the start {load['load_before']:.1f}, at the end {run['load_after']:.1f}: other work on the
+machine's two cores slows every figure below.
 Recipe: `recipes/smollm2_python_docs.yaml` (LoRA r=16 on all seven projections, batch 2 x <= 256
 tokens, float32, hf backend, {train['train_rows']} training rows), fresh run folder, offline.
 
@@ -121,8 +123,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "cpu-finetune.md"))
     args = parser.parse_args()
     cache = WORK / "cache"
-    load = measure_loading(cache)
-    run = measure_run(cache)
+    before = os.getloadavg()[0]
+    load = {**measure_loading(cache), "load_before": before}
+    run = {**measure_run(cache), "load_after": os.getloadavg()[0]}
     text = render(load, run)
     Path(args.out).write_text(text, encoding="utf-8")
     Path(args.out).with_suffix(".json").write_text(json.dumps({"load": load, "run": run}, indent=2))
