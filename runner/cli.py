@@ -113,7 +113,7 @@ def _check_force(force, names: list[str]) -> None:
 
 def _refuse_preflight(loaded, target: Path, start, stop, force) -> None:
     from runner.preflight import format_problems, preflight
-    problems = preflight(loaded, _planned(loaded, target, start, stop, force))
+    problems = preflight(loaded, _planned(loaded, target, start, stop, force), target)
     if problems:
         _fail(format_problems(problems) + "\nnothing was run", 2)
 
@@ -141,13 +141,14 @@ def plan(recipe, overrides, start, stop, force, run_dir):
     """Show what `run` would execute or skip, and why, and what would stop it here."""
     from runner.preflight import format_problems, notes, preflight
     loaded = _load(recipe, overrides)
-    rows = _planned(loaded, _run_dir(loaded, run_dir), start, stop, force)
+    target = _run_dir(loaded, run_dir)
+    rows = _planned(loaded, target, start, stop, force)
     width = max(len(r[0]) for r in rows)
     for label, action, reason in rows:
         click.echo(f"{label:<{width}}  {action:<7} {reason}")
     for line in notes(loaded, rows):
         click.echo(line)
-    problems = preflight(loaded, rows)
+    problems = preflight(loaded, rows, target)
     if problems:
         _fail(format_problems(problems), 2)
 

@@ -1,12 +1,14 @@
 """Validated recipe -> plan: the steps to run, in order, with their settings and inputs.
 
-A step's cache key hashes (step type, version, its settings, the sections it uses, the content
-hashes of its inputs, its fingerprint of outside files). The executor compares keys with the
+A step's cache key hashes (step type, version, its settings, the settings of other sections it
+uses - whole sections or only the keys it names -, the content hashes of its inputs, its
+fingerprint of outside files). The executor compares keys with the
 completion records in the run folder: same key -> "didn't change, skipping".
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,8 +69,24 @@ def settings_sections_used(data: dict) -> set[str]:
     used = set()
     for name in STEP_ORDER:
         if name in data:
-            used.update(lookup(name, section_settings(data, name)).uses)
+            used.update(path.split(".", 1)[0] for path in lookup(name, section_settings(data, name)).uses)
     return used - set(data)
+
+
+def used_settings(data: dict, uses: tuple[str, ...]) -> dict[str, dict]:
+    """What a step's `uses` names, copied out of the recipe: {"model": {...}} for "model",
+    {"model": {"name": ..., "max_seq_length": ...}} for "model.name" and "model.max_seq_length".
+    A named key the recipe lacks stays absent (its default was filled in, or there is none)."""
+    picked: dict[str, dict] = {}
+    for path in uses:
+        parts = path.split(".")
+        source, target = data, picked
+        for part in parts[:-1]:
+            source = source.get(part) if isinstance(source, dict) else None
+            target = target.setdefault(part, {})
+        if isinstance(source, dict) and parts[-1] in source:
+            target[parts[-1]] = copy.deepcopy(source[parts[-1]])
+    return picked
 
 
 def build_plan(data: dict) -> list[PlannedStep]:
@@ -77,7 +95,7 @@ def build_plan(data: dict) -> list[PlannedStep]:
         if name in data:
             settings = section_settings(data, name)
             spec = lookup(name, settings)
-            steps.append(PlannedStep(name, spec, settings, {u: data[u] for u in spec.uses}))
+            steps.append(PlannedStep(name, spec, settings, used_settings(data, spec.uses)))
     return steps
 
 

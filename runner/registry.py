@@ -42,8 +42,10 @@ def step(section: str, kind: str = "default", *, inputs: Iterable[str] = (),
 
     inputs: upstream steps whose artifact folders the step reads (`ctx.inputs[name]`).
     outputs: files (or folders) the step must leave in `ctx.out_dir`.
-    uses: other recipe sections whose settings the step reads (`ctx.sections[name]`); they
-        are part of the cache key.
+    uses: the settings of other recipe sections the step reads: a whole section ("lora") or
+        dotted key paths in one ("model.name", "model.max_seq_length"). Only these are in
+        `ctx.sections[section]` and in the cache key, so a setting the step never reads
+        (model.load_in_4bit for chat_template) does not re-run it.
     version: bump when the implementation changes its output for the same settings.
     fingerprint: (settings, recipe_dir) -> extra cache-key data (e.g. hashes of local files read).
     volatile: outputs that differ run to run (timings, attempt logs) and so are left out of the
@@ -80,7 +82,7 @@ class StepContext:
     step: str
     key: str                             # this step's cache key (hash of settings and inputs)
     settings: dict                       # this section, defaults filled, secrets as ${env:X}
-    sections: dict[str, dict]            # the sections named in `uses`
+    sections: dict[str, dict]            # what `uses` names of other sections (only that)
     inputs: dict[str, Path]              # upstream step -> its completed artifact folder
     out_dir: Path                        # write artifacts here (a temporary folder)
     run_dir: Path                        # runs/<name>/

@@ -44,7 +44,7 @@ class ModelState:
     def __init__(self, path: Path, name: str, limits: ServeLimits):
         self.path, self.name, self.limits = path, name, limits
         self.status, self.error = "loading", ""
-        self.model = self.tokenizer = None
+        self.model = self.tokenizer = self.format = None
         self.lock = threading.Lock()
         self.admission = Admission(limits.max_waiting)
         self.created = int(time.time())
@@ -52,9 +52,14 @@ class ModelState:
     def load(self) -> None:
         try:
             from runner.infer.generation import load_path, pick_device
+            from runner.infer.serve_format import served_format
             model, tokenizer = load_path(self.path, device=pick_device())
+            self.format = served_format(self.path, tokenizer)
             self.model, self.tokenizer = model.eval(), tokenizer
             self.status = "ready"
+            kind = "harmony" if self.format.answer.harmony else "plain"
+            print(f"answers: {kind}, ending at {', '.join(self.format.answer.stop_tokens)} "
+                  f"(from {self.format.source})", flush=True)
         except Exception as error:  # reported by /health and every 503; the server stays up
             self.status, self.error = "failed", f"{type(error).__name__}: {error}"
             print(f"error: loading {self.path} failed: {self.error}", file=sys.stderr)
@@ -88,7 +93,9 @@ def _refusal(state: ModelState, model: str | None, max_tokens: int):
 
 def _prompt(state: ModelState, messages: list[dict], effort: str) -> str:
     from runner.infer.generation import render_prompt
-    return render_prompt(state.tokenizer, "", messages=messages, effort=effort)
+    harmony = state.format.answer.harmony   # reasoning effort means nothing to other templates
+    return render_prompt(state.tokenizer, "", messages=messages, effort=effort if harmony else None,
+                         chat_template=state.format.template)
 
 
 def _run_generation(state: ModelState, prompt: str, settings, streamer=None):
@@ -96,7 +103,8 @@ def _run_generation(state: ModelState, prompt: str, settings, streamer=None):
     with state.lock:
         started = time.monotonic()
         try:
-            return generate(state.model, state.tokenizer, prompt, settings, streamer)
+            return generate(state.model, state.tokenizer, prompt, settings, streamer,
+                            answer_format=state.format.answer)
         finally:
             state.admission.note_generation(time.monotonic() - started)
 
@@ -173,12 +181,12 @@ def _start_stream(state: ModelState, request: ChatRequest):
 def _stream_chunks(state: ModelState, settings, streamer, outcome: dict):
     from fastapi.sse import format_sse_event
 
-    from runner.infer.harmony_parse import HarmonyStream
+    from runner.infer.serve_format import stream_parser
 
     base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk",
             "created": int(time.time()), "model": state.name}
     yield _chunk(base, {"role": "assistant", "content": ""})
-    parser = HarmonyStream()
+    parser = stream_parser(state.format.answer)
     for piece in itertools.chain(streamer, [None]):  # None: flush what was held back
         for channel, text in parser.feed(piece) if piece is not None else parser.finish():
             if channel in ("final", "analysis"):

@@ -118,6 +118,9 @@ def evaluation_section(run: RunFolder) -> Markup:
     rows = run.rows("evaluation", "answers.jsonl")
     if rows is None:
         return missing(run, "evaluation")
+    timings = run.rows("evaluation", "timings.jsonl") or []   # one per answer, same order
+    if len(timings) == len(rows):
+        rows = [{**timing, **row} for row, timing in zip(rows, timings, strict=True)]
     losses = run.json("evaluation", "held_out.json")
     if not rows:
         answers = paragraph("No test prompts (evaluation.prompts is empty).", "missing")

@@ -41,9 +41,15 @@ class TokenRejected(FatalFetchError):
         self.status = status
 
 
+def page_variant(entry: dict) -> dict:
+    """The settings that change what a page fetch returns: its page-cache key (the pre-flight
+    reads the cache with it too: a fully cached entry needs no token)."""
+    return {"api_url": entry["api_url"].rstrip("/"), "zone": entry["zone"],
+            "format": entry["format"], "country": entry["country"].lower()}
+
+
 def run_brightdata(ctx, entry: dict, index: int) -> SourceResult:
-    variant = {"api_url": entry["api_url"].rstrip("/"), "zone": entry["zone"],
-               "format": entry["format"], "country": entry["country"].lower()}
+    variant = page_variant(entry)
     hints = [f"check the token in ${entry['token_env']} is valid and active ({TOKEN_PAGE})",
              f"check the account has credits and the zone '{entry['zone']}' is active",
              f"try one URL alone: --set 'sources.{index}.urls=[\"{entry['urls'][0]}\"]' "

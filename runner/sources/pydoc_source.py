@@ -12,12 +12,17 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import re
 import sys
 from pathlib import Path
 
 from runner.artifacts import hash_file
 from runner.errors import StepError
 from runner.sources.documents import SourceResult, document_id, make_document
+
+# A default value's repr may name its memory address (`<function copy2 at 0x7f...>`), which
+# changes every process: dropped, so two runs write the same documents.
+MEMORY_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+(?=>)")
 
 
 def run_pydoc(ctx, entry: dict, index: int) -> SourceResult:
@@ -121,6 +126,6 @@ def _own_doc(obj) -> str:
 
 def _signature_line(name: str, obj) -> str:
     try:
-        return f"`{name}{inspect.signature(obj)}`"
+        return f"`{name}{MEMORY_ADDRESS.sub('', str(inspect.signature(obj)))}`"
     except (TypeError, ValueError):
         return ""

@@ -47,7 +47,12 @@ def _fingerprint(settings: dict, recipe_dir: Path):
     return hash_file(path) if path.is_file() else None
 
 
-@step("chat_template", inputs=["validation"], uses=("model",),
+# The model settings this step reads (tokenizer, stop tokens, row length); the rest of `model`
+# (4-bit loading, dtype, attention...) does not change its output, so it is not in the key.
+MODEL_KEYS = ("model.name", "model.revision", "model.tiny", "model.max_seq_length")
+
+
+@step("chat_template", inputs=["validation"], uses=MODEL_KEYS,
       outputs=["dataset.jsonl", "mask_report.json", "mask_report.md", "chat_template.jinja",
                CHAT_FILE],
       version=2, fingerprint=_fingerprint)

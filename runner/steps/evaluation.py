@@ -5,7 +5,8 @@ final answer, one answer per reasoning effort; any other template: the text befo
 token, one answer per prompt, since efforts mean nothing there). Each answer carries quality
 signals (runner.infer.answer_quality). answers.jsonl holds every answer (`model`: base or
 tuned); report.md shows base and tuned side by side; held_out.json holds loss and perplexity of
-both models on the same rows.
+both models on the same rows. How long each answer took is in timings.jsonl (one line per
+answer, in the same order), apart from the answers: timings differ every run, the answers do not.
 """
 
 from __future__ import annotations
@@ -182,9 +183,29 @@ def _metrics(rows: list[dict], losses: dict, jobs: int) -> dict:
     return metrics
 
 
-@step("evaluation", inputs=["chat_template", "training"],
-      uses=("model", "lora", "chat_template", "training"),
-      outputs=["answers.jsonl", "report.md", "held_out.json"], version=2)
+TIMING_KEYS = ("seconds", "tokens_per_s")
+# What the step reads of other sections: the whole model (it loads it), the template and date
+# prompts are rendered with, the markers of a chat_template folder older than chat.json, and
+# whether training learned from answers only (the held-out loss counts the same tokens).
+USES = ("model", "chat_template.template", "chat_template.current_date", "chat_template.mask",
+        "chat_template.instruction_part", "chat_template.response_part",
+        "chat_template.end_token", "training.train_on_responses_only")
+
+
+def _write_answers(ctx: StepContext, rows: list[dict]) -> None:
+    """answers.jsonl without timings, timings.jsonl with them (volatile: not in the content
+    hash, so a re-run with the same answers leaves later steps skipped)."""
+    write_jsonl(ctx.out_dir / "answers.jsonl",
+                [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows])
+    write_jsonl(ctx.out_dir / "timings.jsonl",
+                [{"prompt": row["prompt"], "model": row["model"],
+                  "reasoning_effort": row["reasoning_effort"],
+                  **{k: row.get(k) for k in TIMING_KEYS}} for row in rows])
+
+
+@step("evaluation", inputs=["chat_template", "training"], uses=USES,
+      outputs=["answers.jsonl", "timings.jsonl", "report.md", "held_out.json"], version=3,
+      volatile=["timings.jsonl", "report.md"])   # report.md shows each answer's time
 def evaluate(ctx: StepContext) -> dict:
     """Answer each test prompt (at each reasoning effort, for harmony) with the base and the
     tuned model, with quality signals per answer (answers.jsonl, report.md), and compare
@@ -209,7 +230,7 @@ def evaluate(ctx: StepContext) -> dict:
     tuned_loss = _score(ctx, model, tokenizer, held_out)
     tuned_rows = _answers(ctx, model, tokenizer, answer_format, "tuned")
     rows, losses = _side_by_side(base_rows, tuned_rows), _losses(ctx, held_out, base_loss, tuned_loss)
-    write_jsonl(ctx.out_dir / "answers.jsonl", rows)
+    _write_answers(ctx, rows)
     write_json(ctx.out_dir / "held_out.json", losses)
     (ctx.out_dir / "report.md").write_text(
         render_report(ctx.recipe_name, ctx.settings, rows, losses), encoding="utf-8")

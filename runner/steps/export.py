@@ -268,8 +268,13 @@ def preflight(settings: dict, targets: list[str], adapter: Path) -> None:
         raise StepError("export cannot run:\n  - " + "\n  - ".join(problems))
 
 
-@step("export", inputs=["training"], uses=("model", "lora", "training"),
-      outputs=["export_report.json"])
+# The model settings export reads (it loads full weights: model.load_in_4bit is not read; the
+# adapter comes from training, whose output covers lora and training). export_report.json names
+# the run folder's own path (vllm_command), different in every run folder: volatile.
+@step("export", inputs=["training"],
+      uses=("model.name", "model.revision", "model.max_seq_length", "model.dtype",
+            "model.full_finetuning", "model.attn_implementation", "model.tiny"),
+      outputs=["export_report.json"], volatile=["export_report.json"])
 def export(ctx: StepContext) -> dict:
     """Write each export target into its own folder (lora/, merged_16bit/, gguf/, mxfp4/,
     hub/pushed.json), load each back and generate from verify_prompt; export_report.json says

@@ -36,7 +36,7 @@ def fingerprint(settings: dict, recipe_dir: Path = Path(".")) -> list:
     return found
 
 
-@step("sources", outputs=["documents.jsonl", "outcomes.jsonl"], fingerprint=fingerprint, version=2,
+@step("sources", outputs=["documents.jsonl", "outcomes.jsonl"], fingerprint=fingerprint, version=3,
       volatile=["outcomes.jsonl"])
 def sources(ctx: StepContext) -> dict:
     """Collect documents from every entry in order: `brightdata` (Bright Data Web Unlocker,

@@ -281,10 +281,24 @@ def _save_outputs(trainer, tokenizer, job: Job, metrics_path: Path) -> None:
     out = job.ctx.out_dir
     trainer.model.save_pretrained(str(out / "adapter"),
                                   **({"state_dict": whole} if whole is not None else {}))
+    _sort_target_modules(out / "adapter" / "adapter_config.json")
     tokenizer.save_pretrained(str(out / "adapter"))
     shutil.copyfile(metrics_path, out / "metrics.jsonl")
     if (job.root / "tensorboard").is_dir():
         shutil.copytree(job.root / "tensorboard", out / "tensorboard")
+
+
+def _sort_target_modules(config: Path) -> None:
+    """PEFT keeps target_modules as a set and writes it in set order, which changes from process
+    to process: sorted, the same adapter gives the same bytes (and content hash) every run."""
+    import json
+
+    if not config.is_file():
+        return                                   # a full fine-tune saves no adapter config
+    data = json.loads(config.read_text(encoding="utf-8"))
+    if isinstance(data.get("target_modules"), list):
+        data["target_modules"] = sorted(data["target_modules"])
+        config.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
 
 
 def _parameter_counts(model) -> dict:
