@@ -1,9 +1,13 @@
 """Timing of the packed attention path against Unsloth's own GPT-OSS flex kernel, one layer of
 the GPT-OSS-20B shape (64 heads, 8 KV heads, head_dim 64, window 128) on a CUDA GPU:
 
-- masks:  the two document BlockMasks of one packed sequence (once per step);
-- packed: runner.train.packed_attention.flex_sink_attention, forward + backward;
-- unsloth: unsloth_zoo's flex_attention_with_sink (plain causal, what it runs unpacked).
+- masks:  the two document BlockMasks of one packed sequence (once per step), built from the row
+          boundaries (runner.train.packed_attention.block_mask) and, for comparison, by torch's
+          create_block_mask (reference_block_mask, the builder used until 2026-12-02);
+- packed: runner.train.packed_attention's compiled core (rotary, FlexAttention, sink), forward +
+          backward, each layer kind;
+- unsloth: unsloth_zoo's flex_attention_with_sink (plain causal, what it runs unpacked), same
+          tensors (rotary not included).
 
     python bench/bench_training_attention.py [--tokens 3072] [--rows 8]
 """
@@ -31,47 +35,60 @@ def _timed(function, repeat: int) -> float:
     return (time.perf_counter() - start) / repeat * 1000
 
 
-def main(argv=None) -> int:
+def attention_timings(tokens: int = 3072, rows: int = 8, repeat: int = 20) -> dict:
+    """Milliseconds per call of each piece (see the module docstring)."""
     import torch
 
-    from runner.train.packed_attention import build_masks, flex_sink_attention
+    from runner.train import packed_attention as pa
+    from runner.train.packing import document_ids
 
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--tokens", type=int, default=3072)
-    parser.add_argument("--rows", type=int, default=8)
-    parser.add_argument("--repeat", type=int, default=20)
-    args = parser.parse_args(argv)
-    heads, kv, dim, window, T = 64, 8, 64, 128, args.tokens
-    lengths = [T // args.rows] * (args.rows - 1)
+    heads, kv, dim, window, T = 64, 8, 64, 128, tokens
+    lengths = [T // rows] * (rows - 1)
     positions = torch.cat([torch.arange(n) for n in lengths + [T - sum(lengths)]]).view(1, -1).cuda()
     module = torch.nn.Module()
     module.sinks = torch.nn.Parameter(torch.randn(heads, device="cuda", dtype=torch.bfloat16))
     module.scaling, module.sliding_window, module.num_key_value_groups = dim ** -0.5, window, 8
-
-    def tensors():
-        make = lambda h: torch.randn(1, h, T, dim, device="cuda", dtype=torch.bfloat16,  # noqa: E731
-                                     requires_grad=True)
-        return make(heads), make(kv), make(kv)
-
-    q, k, v = tensors()
-    results = {"tokens": T, "rows": args.rows}
-    results["masks_ms"] = _timed(lambda: build_masks(positions, "flex", window, torch.bfloat16),
-                                 args.repeat)
-    masks = build_masks(positions, "flex", window, torch.bfloat16)
+    make = lambda h: torch.randn(1, h, T, dim, device="cuda", dtype=torch.bfloat16,  # noqa: E731
+                                 requires_grad=True)
+    q, k, v = make(heads), make(kv), make(kv)
+    cos = torch.randn(1, T, dim // 2, device="cuda", dtype=torch.bfloat16)
+    sin = torch.randn(1, T, dim // 2, device="cuda", dtype=torch.bfloat16)
+    documents = document_ids(positions)
+    results = {"tokens": T, "rows": rows}
+    results["masks_ms"] = _timed(lambda: pa.build_masks(positions, "flex", window, torch.bfloat16),
+                                 repeat)
+    results["masks_create_block_mask_ms"] = _timed(
+        lambda: (pa.reference_block_mask(documents, None),
+                 pa.reference_block_mask(documents, window)), repeat)
+    masks = pa.build_masks(positions, "flex", window, torch.bfloat16)
+    core = pa.attention_core(True)
 
     def packed(kind):
-        return lambda: flex_sink_attention(module, q, k, v, masks[kind]).sum().backward()
-    results["packed_sliding_ms"] = _timed(packed("sliding_attention"), args.repeat)
-    results["packed_full_ms"] = _timed(packed("full_attention"), args.repeat)
+        return lambda: core(q, k, v, cos, sin, module.sinks, masks[kind],
+                            module.scaling).sum().backward()
+    results["packed_sliding_ms"] = _timed(packed("sliding_attention"), repeat)
+    results["packed_full_ms"] = _timed(packed("full_attention"), repeat)
     try:
         import unsloth  # noqa: F401  (unsloth_zoo wants it imported first)
         from unsloth_zoo.flex_attention import flex_attention_with_sink
         module.training = True
         results["unsloth_sliding_ms"] = _timed(
-            lambda: flex_attention_with_sink(module, q, k, v).sum().backward(), args.repeat)
+            lambda: flex_attention_with_sink(module, q, k, v).sum().backward(), repeat)
+        module.sliding_window = None
+        results["unsloth_full_ms"] = _timed(
+            lambda: flex_attention_with_sink(module, q, k, v).sum().backward(), repeat)
     except ImportError as error:
         results["unsloth"] = f"not importable: {error}"
-    print(json.dumps(results))
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tokens", type=int, default=3072)
+    parser.add_argument("--rows", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=20)
+    args = parser.parse_args(argv)
+    print(json.dumps(attention_timings(args.tokens, args.rows, args.repeat)))
     return 0
 
 

@@ -6,6 +6,7 @@
 #   bash bench/gpu_session.sh tests [PATTERN]       # pytest -m gpu (gpu_smoke recipe, QLoRA, hf on GPU)
 #   bash bench/gpu_session.sh packing                # the bf16 packing test (tests/test_training_packing.py)
 #   bash bench/gpu_session.sh bench [RUNS] [NAME]    # the training benchmark (bench_training.py)
+#   bash bench/gpu_session.sh profile                # where a packed step's time goes
 # Logs and results go to $OUT (or /tmp/gpu-out); the installed wheels stay in /tmp/site while warm.
 set -uo pipefail
 out=${OUT:-/tmp/gpu-out}
@@ -27,6 +28,9 @@ case "${1:-tests}" in
     # The bf16 packed-vs-unpacked test: compiled FlexAttention, gradients, on this GPU.
     timeout "${BUDGET:-150}" python3 -m pytest -m gpu -q -s -p no:cacheprovider \
       tests/test_training_packing.py 2>&1 | tee "$out/gpu_packing.log" | tail -n 8 ;;
+  profile)
+    timeout "${BUDGET:-300}" python3 bench/bench_training_profile.py --work /tmp/bench --out "$out" \
+      2>&1 | tee "$out/profile.log" | tail -n 30 ;;
   bench)
     # The training benchmark (bench_training.py's DEFAULT_RUNS, or the runs in $2), results
     # named $3 (training.md); an engine still running after $BUDGET seconds is stopped.

@@ -153,6 +153,40 @@ def test_flex_attention_block_masks_with_sinks_match_the_eager_rows(tokenizer):
         start += len(row["input_ids"])
 
 
+def _block_sets(counts, indices):
+    """{(batch, query block): set of key blocks} of a BlockMask's ordered block lists."""
+    return {(b, q): set(indices[b, 0, q, :int(counts[b, 0, q])].tolist())
+            for b in range(counts.shape[0]) for q in range(counts.shape[-1])}
+
+
+@pytest.mark.parametrize("window", [None, 128, 37, 300])
+def test_block_masks_from_row_boundaries_equal_create_block_mask(window):
+    """The per-block builder marks the same partial and full blocks (both directions, for the
+    backward pass) as torch's create_block_mask, also for lengths off the 128-token block."""
+    import random
+
+    import torch
+
+    from runner.train.packing import document_ids
+
+    rng = random.Random(0)
+    for _ in range(12):
+        length = rng.choice([128, 300, 640, 1000])
+        positions = []
+        for _ in range(rng.choice([1, 2])):
+            row = []
+            while len(row) < length:
+                row += range(rng.randint(1, rng.choice([50, 200, 400])))
+            positions.append(row[:length])
+        documents = document_ids(torch.tensor(positions))
+        got = packed_attention.block_mask(documents, window)
+        want = packed_attention.reference_block_mask(documents, window)
+        for names in (("kv_num_blocks", "kv_indices"), ("full_kv_num_blocks", "full_kv_indices"),
+                      ("q_num_blocks", "q_indices"), ("full_q_num_blocks", "full_q_indices")):
+            assert _block_sets(*(getattr(got, n) for n in names)) == \
+                _block_sets(*(getattr(want, n) for n in names)), (names, length, window)
+
+
 def test_the_packed_training_step_logs_the_padded_runs_losses(tmp_path):
     """Same rows per micro-batch, same order: packing changes the batch layout, not the loss."""
     losses = {}

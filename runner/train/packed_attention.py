@@ -6,8 +6,9 @@
 layers: also only the last `config.sliding_window` of them). Each GPT-OSS attention module then
 computes with that mask:
 
-- on CUDA, FlexAttention with BlockMasks from `create_block_mask`; the sink logit joins the
-  softmax through the log-sum-exp: out * sigmoid(lse - sink), exactly softmax([scores, sink]);
+- on CUDA, FlexAttention with BlockMasks computed from the row boundaries (`block_mask`); the
+  sink logit joins the softmax through the log-sum-exp: out * sigmoid(lse - sink), exactly
+  softmax([scores, sink]); rotary embedding, attention and sink run as one compiled graph;
 - elsewhere (CPU), transformers' own eager GPT-OSS attention with an exact 4D additive mask.
 
 Unpadded, unpacked batches (with an attention mask, or no position ids) go through the module's
@@ -19,6 +20,7 @@ from __future__ import annotations
 import types
 
 KERNELS = ("flex", "eager")
+BLOCK = 128          # FlexAttention's default sparse block size
 
 
 class PackedMasks:
@@ -119,19 +121,67 @@ def additive_mask(documents, sliding_window: int | None, dtype):
     return mask.masked_fill(~keep, torch.finfo(dtype).min)
 
 
-def block_mask(documents, sliding_window: int | None):
-    """FlexAttention BlockMask of the same rule (compiled builder on CUDA: O(blocks) memory)."""
-    from torch.nn.attention.flex_attention import create_block_mask
+def block_mask(documents, sliding_window: int | None, block: int = BLOCK):
+    """FlexAttention BlockMask of the same rule, computed per 128 x 128 block from the row
+    boundaries (a few O(T + blocks^2) tensor ops, no dense [T, T] mask and no compiled builder:
+    `create_block_mask` cost about 2 ms a mask per step on the H200).
 
+    Packed rows are contiguous, so query q may attend exactly the keys [lo(q), q], lo(q) = its
+    row's first token (or q - window + 1 in sliding layers), and lo(q) never decreases. A query
+    block [q0, q1] therefore reaches the keys [lo(q0), q1] (some attention: a partial block), and
+    sees every key of a key block [k0, k1] when lo(q1) <= k0 and q0 >= k1 (a full block, whose
+    mask_mod the kernel skips). Blocks cut short by the sequence end are never full, as in
+    `create_block_mask`.
+    """
+    import torch
+    from torch.nn.attention.flex_attention import BlockMask
+
+    batch, length = documents.shape
+    device = documents.device
+    index = torch.arange(length, device=device)
+    first = torch.ones_like(documents, dtype=torch.bool)
+    first[:, 1:] = documents[:, 1:] != documents[:, :-1]
+    lowest = torch.where(first, index, 0).cummax(dim=-1).values          # [B, T]
+    if sliding_window:
+        lowest = torch.maximum(lowest, index - sliding_window + 1)
+    starts = torch.arange(0, length, block, device=device)              # [n]
+    ends = (starts + block).clamp(max=length) - 1
+    whole = (ends - starts) == block - 1
+    low_first, low_last = lowest[:, starts], lowest[:, ends]            # [B, n] per query block
+    q0, q1 = starts.view(1, -1, 1), ends.view(1, -1, 1)
+    k0, k1 = starts.view(1, 1, -1), ends.view(1, 1, -1)
+    reach = (low_first.unsqueeze(-1) <= k1) & (k0 <= q1)                # [B, n, n]
+    full = ((low_last.unsqueeze(-1) <= k0) & (q0 >= k1)
+            & whole.view(1, -1, 1) & whole.view(1, 1, -1))
+    partial = reach & ~full
+
+    def ordered(dense):
+        counts = dense.sum(dim=-1, dtype=torch.int32).unsqueeze(1)      # [B, 1, n]
+        order = torch.argsort(dense.to(torch.int8), dim=-1, descending=True, stable=True)
+        return counts, order.to(torch.int32).unsqueeze(1)               # [B, 1, n, n]
+
+    return BlockMask.from_kv_blocks(*ordered(partial), *ordered(full), BLOCK_SIZE=block,
+                                    mask_mod=_same_row_rule(documents, sliding_window),
+                                    seq_lengths=(length, length))
+
+
+def _same_row_rule(documents, sliding_window: int | None):
+    """The mask_mod: the kernel applies it inside the partial blocks."""
     def same_row_causal(b, h, q, k):
         keep = (documents[b, q] == documents[b, k]) & (q >= k)
         if sliding_window:
             keep = keep & ((q - k) < sliding_window)
         return keep
+    return same_row_causal
+
+
+def reference_block_mask(documents, sliding_window: int | None):
+    """The same BlockMask through torch's `create_block_mask` (what block_mask must equal)."""
+    from torch.nn.attention.flex_attention import create_block_mask
 
     batch, length = documents.shape
-    return create_block_mask(same_row_causal, batch, None, length, length,
-                             device=documents.device, _compile=documents.is_cuda)
+    return create_block_mask(_same_row_rule(documents, sliding_window), batch, None, length,
+                             length, device=documents.device, _compile=documents.is_cuda)
 
 
 def _packed_forward(self, hidden_states, position_embeddings=None, attention_mask=None,
@@ -140,50 +190,59 @@ def _packed_forward(self, hidden_states, position_embeddings=None, attention_mas
     if masks is None:
         return self._packed_original_forward(hidden_states, position_embeddings=position_embeddings,
                                              attention_mask=attention_mask, **kwargs)
-    from transformers.models.gpt_oss import modeling_gpt_oss
-
     shape = (*hidden_states.shape[:-1], -1, self.head_dim)
     query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
     key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
     value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
     cos, sin = position_embeddings
-    query, key = modeling_gpt_oss.apply_rotary_pos_emb(query, key, cos, sin)
-    key, value = key.to(query.dtype), value.to(query.dtype)
     mask = masks["sliding_attention" if self.sliding_window else "full_attention"]
     if self._packed_masks.kernel == "flex":
-        output = flex_sink_attention(self, query, key, value, mask)
+        output = attention_core(query.is_cuda)(query, key, value, cos, sin, self.sinks, mask,
+                                               self.scaling)
     else:
+        from transformers.models.gpt_oss import modeling_gpt_oss
+
+        query, key = modeling_gpt_oss.apply_rotary_pos_emb(query, key, cos, sin)
         output, _ = modeling_gpt_oss.eager_attention_forward(
-            self, query, key, value, mask, scaling=self.scaling, dropout=0.0)
+            self, query, key.to(query.dtype), value.to(query.dtype), mask,
+            scaling=self.scaling, dropout=0.0)
     output = output.reshape(*hidden_states.shape[:-1], -1).contiguous()
     return self.o_proj(output), None
 
 
-def flex_sink_attention(module, query, key, value, mask):
-    """FlexAttention over the BlockMask, then the sink: softmax([s, sink]) = softmax(s) *
-    sigmoid(lse(s) - sink). Returns [B, T, heads, head_dim] like the eager function."""
+def sink_attention(query, key, value, cos, sin, sinks, mask, scale):
+    """Rotary embedding, FlexAttention over the BlockMask, then the sink: softmax([s, sink]) =
+    softmax(s) * sigmoid(lse(s) - sink). [B, heads, T, head_dim] in, [B, T, heads, head_dim]
+    out, like transformers' eager function."""
     import torch
+    from torch.nn.attention import flex_attention as flex
+    from transformers.models.gpt_oss import modeling_gpt_oss
 
-    output, lse = _flex(query, key, value, mask, module.scaling)
-    keep = torch.sigmoid(lse.float() - module.sinks.float().view(1, -1, 1))
+    query, key = modeling_gpt_oss.apply_rotary_pos_emb(query, key, cos, sin)
+    key, value = key.to(query.dtype), value.to(query.dtype)
+    gqa = query.shape[1] != key.shape[1]
+    if hasattr(flex, "AuxRequest"):
+        output, aux = flex.flex_attention(query, key, value, block_mask=mask, scale=scale,
+                                          enable_gqa=gqa, return_aux=flex.AuxRequest(lse=True))
+        lse = aux.lse
+    else:
+        output, lse = flex.flex_attention(query, key, value, block_mask=mask, scale=scale,
+                                          enable_gqa=gqa, return_lse=True)
+    keep = torch.sigmoid(lse.float() - sinks.float().view(1, -1, 1))
     return (output * keep.unsqueeze(-1).to(output.dtype)).transpose(1, 2)
 
 
 _COMPILED = {}
 
 
-def _flex(query, key, value, mask, scale):
-    """(output, lse): compiled on CUDA; the unfused reference elsewhere (forward only)."""
-    import torch
-    from torch.nn.attention import flex_attention as flex
-
-    function = flex.flex_attention
-    if query.is_cuda:
-        function = _COMPILED.setdefault("flex", torch.compile(flex.flex_attention))
-    gqa = query.shape[1] != key.shape[1]
-    if hasattr(flex, "AuxRequest"):
-        output, aux = function(query, key, value, block_mask=mask, scale=scale, enable_gqa=gqa,
-                               return_aux=flex.AuxRequest(lse=True))
-        return output, aux.lse
-    return function(query, key, value, block_mask=mask, scale=scale, enable_gqa=gqa,
-                    return_lse=True)
+def attention_core(cuda: bool):
+    """sink_attention, compiled as one graph on CUDA: FlexAttention only runs fused when
+    compiled, and compiling the rotary embedding and the sink scaling with it saves their
+    separate kernels (Unsloth compiles its rotary embedding too). Unfused reference elsewhere
+    (CPU: forward only)."""
+    if not cuda:
+        return sink_attention
+    if "core" not in _COMPILED:
+        import torch
+        _COMPILED["core"] = torch.compile(sink_attention, dynamic=None)
+    return _COMPILED["core"]
