@@ -32,7 +32,7 @@ install-gpu: install  ## add Unsloth and bitsandbytes (CUDA machines)
 
 TEST_WORKERS ?= 2
 test:  ## the CPU test suite, a test file per core (pytest exit 5 - no tests collected - fails too)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not gpu" -q -n $(TEST_WORKERS) --dist loadfile; rc=$$?; \
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not gpu" -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$rc
 
 test-gpu:  ## the GPU tests (on a CUDA machine with unsloth)

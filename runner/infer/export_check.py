@@ -18,7 +18,6 @@ import os
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from runner.errors import StepError
@@ -183,34 +182,14 @@ def _check_compressed(args) -> None:
          "raw": result.text}, ensure_ascii=False))
 
 
-@contextmanager
-def _one_gguf_parse():
-    """transformers parses a GGUF file's metadata anew for the config, the weights, the tokenizer
-    config and the tokenizer: four passes of seconds each over a 49k-token vocabulary. The reader
-    only reads (a read-only memory map), so one per file serves all four."""
-    import gguf
-
-    original, readers = gguf.GGUFReader, {}
-
-    def shared_reader(path, mode="r"):
-        if (str(path), mode) not in readers:
-            readers[str(path), mode] = original(path, mode)
-        return readers[str(path), mode]
-
-    gguf.GGUFReader = shared_reader
-    try:
-        yield
-    finally:
-        gguf.GGUFReader = original
-
-
 def _check_gguf_file(job: dict, name: str) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from runner.infer.generation import pick_device
+    from runner.models.gguf_reading import one_parse_per_file
 
     started = time.perf_counter()
-    with _one_gguf_parse():
+    with one_parse_per_file():
         model = AutoModelForCausalLM.from_pretrained(job["folder"], gguf_file=name).to(pick_device()).eval()
         tokenizer = AutoTokenizer.from_pretrained(job["folder"], gguf_file=name)
     loaded = round(time.perf_counter() - started, 2)

@@ -129,13 +129,15 @@ def _convert(gguf: Path, out: Path, digest: str) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from runner.console import log
+    from runner.models.gguf_reading import one_parse_per_file
 
     log(f"converting {gguf.name} to safetensors once (dequantizing every tensor; later loads "
         "read the converted copy)")
     folder, name = str(gguf.parent), gguf.name
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        with one_parse_per_file():
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     except (OSError, ValueError, KeyError, ImportError) as error:
         raise StepError(f"cannot read GGUF file {gguf}: {error}\n    hint: transformers reads "
                         "GGUF through the `gguf` package (make install); only architectures "
