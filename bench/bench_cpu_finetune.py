@@ -30,6 +30,7 @@ LOAD = f"""
 import json, sys, time
 t0 = time.perf_counter()
 import torch, transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer  # their lazy imports are imports, not loading
 from runner.models import load_model, load_tokenizer, resolve_model
 t1 = time.perf_counter()
 settings = {{"name": {MODEL!r}, "load_in_4bit": False, "dtype": "float32"}}
