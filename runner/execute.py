@@ -12,6 +12,7 @@ import os
 import re
 import resource
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -165,8 +166,9 @@ def _record_failure(manifest, item: PlannedStep, key: str, exc: BaseException, s
                                             "duration_s": round(time.time() - started, 3),
                                             "metrics": getattr(exc, "metrics", None) or {}})
         manifest.finish("failed")
-    except OSError:
-        pass  # the disk that failed the step may refuse the manifest too: the step's error counts
+    except OSError as error:  # the disk that failed the step may refuse the manifest too
+        print(f"warning: manifest.json could not record the failure of step {item.name}: {error}",
+              file=sys.stderr)
 
 
 def _check_outputs(item: PlannedStep, folder: Path) -> None:

@@ -7,6 +7,7 @@ whose eos is not its end-of-turn token would talk on past `<|im_end|>` into inve
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +58,9 @@ def _from_tokenizer(tokenizer) -> AnswerFormat:
         return tokenizer.apply_chat_template(messages, tokenize=False)
     try:
         markers = derive_markers(render, _special_tokens(tokenizer))
-    except StepError:
+    except StepError as error:
+        print(f"warning: the served template's markers could not be read ({error}); answers end "
+              f"at the tokenizer's eos {tokenizer.eos_token!r}", file=sys.stderr, flush=True)
         return AnswerFormat(False, tuple(t for t in [tokenizer.eos_token] if t))
     if markers.template_kind == "harmony":
         return HARMONY
