@@ -47,6 +47,9 @@ RUNS = {
     "bare-8x1": dict(engine="bare", data="docs", micro=8, accum=1),
     "bare-full": dict(engine="bare", data="full", micro=4, accum=1),
     "runner-packed": dict(engine="runner", data="docs", micro=8, accum=1, packing=True),
+    # Without gradient checkpointing: no recomputed forward (the memory plan says what it costs).
+    "runner-packed-nockpt": dict(engine="runner", data="docs", micro=8, accum=1, packing=True,
+                                 checkpointing=False),
     "runner-padded": dict(engine="runner", data="docs", micro=2, accum=4),
     "runner-full": dict(engine="runner", data="full", micro=4, accum=1),
     "baseline-2x4": dict(engine="baseline", data="docs", micro=2, accum=4),
@@ -96,7 +99,8 @@ def recipe_sections(run: dict, work: Path, backend: str) -> dict:
     """The model / lora / training sections a recipe for this run would have."""
     model = _section("model", name=str(work / "models" / run["model"]), max_seq_length=run["seq"],
                      load_in_4bit=run["load_in_4bit"])
-    lora = _section("lora", r=run["r"], alpha=ALPHA, target_modules=ATTN_MLP)
+    lora = _section("lora", r=run["r"], alpha=ALPHA, target_modules=ATTN_MLP,
+                    use_gradient_checkpointing=run.get("checkpointing", "unsloth"))
     training = _section("training", backend=backend, per_device_train_batch_size=run["micro"],
                         gradient_accumulation_steps=run["accum"], max_steps=run["steps"],
                         learning_rate=LR, save_steps=run["steps"], warmup_steps=2,

@@ -1,19 +1,18 @@
 """Where a packed GPT-OSS training step's time goes, on a CUDA GPU (the 20B shape, 4 layers).
 
-One Unsloth model (as bench_training_engines' bare loop loads it), the same 8 docs rows per
-step, a plain loop (forward, backward, clip, AdamW8bit, loss.item()), no Trainer. Variants:
+One Unsloth model per checkpointing setting (as bench_training_engines' bare loop loads it), the
+same 8 docs rows per step, a plain loop (forward, backward, clip, AdamW8bit, loss.item()), no
+Trainer. Variants:
 
 - padded-8x1:      bare Unsloth's best padded geometry (the reference);
-- packed-causal:   the 8 rows in one [1, T] sequence through Unsloth's own kernel, which masks
-                   causally only (rows attend to each other: wrong, but the speed any exact
-                   packing in Unsloth can at best reach);
-- packed-before:   runner.train.packed_attention as of 2026-12-02 (create_block_mask masks,
-                   eager rotary and sink around a compiled flex_attention);
-- packed-masks:    masks from the row boundaries, the old attention core;
-- packed:          the current code (masks from the row boundaries, one compiled core).
+- packed:          runner.train.packed_attention (document BlockMasks, one compiled core),
+                   Unsloth's offloaded gradient checkpointing;
+- packed-nockpt:   the same without gradient checkpointing (no recomputed forward).
 
-For each: milliseconds per optimizer step over --steps steps after --warmup, then a
-torch.profiler pass over --profile steps: GPU busy time per step and the top operators.
+For each: milliseconds per optimizer step over --steps steps after --warmup; then a
+torch.profiler pass over --profile steps (GPU busy time per step, the top operators by CPU and
+GPU time, host syncs and kernel launches per step); then cProfile over the same number of steps
+(the Python functions that take the host's time: a step whose GPU idles is bound by them).
 
     python bench/bench_training_profile.py --work /tmp/bench --out DIR
 """
@@ -27,31 +26,6 @@ import time
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
-
-
-_BEFORE = {}
-
-
-def _before_core():
-    """The attention core before 2026-12-02: eager rotary and sink, compiled flex_attention."""
-    if "core" in _BEFORE:
-        return _BEFORE["core"]
-    import torch
-    from torch.nn.attention import flex_attention as flex
-    from transformers.models.gpt_oss import modeling_gpt_oss
-
-    compiled = torch.compile(flex.flex_attention)
-
-    def core(query, key, value, cos, sin, sinks, mask, scale):
-        query, key = modeling_gpt_oss.apply_rotary_pos_emb(query, key, cos, sin)
-        key, value = key.to(query.dtype), value.to(query.dtype)
-        output, aux = compiled(query, key, value, block_mask=mask, scale=scale,
-                               enable_gqa=query.shape[1] != key.shape[1],
-                               return_aux=flex.AuxRequest(lse=True))
-        keep = torch.sigmoid(aux.lse.float() - sinks.float().view(1, -1, 1))
-        return (output * keep.unsqueeze(-1).to(output.dtype)).transpose(1, 2)
-    _BEFORE["core"] = lambda cuda: core
-    return _BEFORE["core"]
 
 
 def _batches(rows: list[dict], pad: int, packed: bool, count: int) -> list[dict]:
@@ -88,8 +62,11 @@ def _profile(model, optimizer, params, batches: list[dict], top: int) -> dict:
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         _loop(model, optimizer, params, batches)
+    return _torch_summary(prof, len(batches), top)
+
+
+def _torch_summary(prof, steps: int, top: int) -> dict:
     averages = prof.key_averages()
-    steps = len(batches)
 
     def device(event):
         return (getattr(event, "self_device_time_total", 0) or 0) / 1000 / steps
@@ -99,11 +76,41 @@ def _profile(model, optimizer, params, batches: list[dict], top: int) -> dict:
     def listed(events, measure):
         return [(e.key[:90], round(measure(e), 2), e.count // steps)
                 for e in sorted(events, key=measure, reverse=True)[:top]]
+    counted = {e.key: e.count / steps for e in averages
+               if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpyAsync",
+                            "cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx",
+                            "aten::item", "aten::_local_scalar_dense", "aten::nonzero")}
+    syncs = {e.key: round(e.self_cpu_time_total / 1000 / steps, 2) for e in averages
+             if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpyAsync")}
     return {"gpu_busy_ms_per_step": sum(device(e) for e in kernels),
+            "calls_per_step": counted, "sync_wait_ms_per_step": syncs,
             "top_kernels": listed(kernels, device),
             "top_ops_gpu": listed(operators, lambda e: (getattr(e, "device_time_total", 0) or 0)
                                   / 1000 / steps),
             "top_ops_cpu": listed(operators, lambda e: e.self_cpu_time_total / 1000 / steps)}
+
+
+def _python_profile(model, optimizer, params, batches: list[dict], top: int) -> dict:
+    """cProfile over a few steps: the Python functions by own time and by cumulative time."""
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    _loop(model, optimizer, params, batches)
+    profiler.disable()
+    return _python_summary(profiler, len(batches), top)
+
+
+def _python_summary(profiler, steps: int, top: int) -> dict:
+    import pstats
+
+    stats = pstats.Stats(profiler)
+
+    def listed(index):   # pstats rows: (calls, primitive calls, own time, cumulative time)
+        rows = sorted(stats.stats.items(), key=lambda item: item[1][index], reverse=True)[:top]
+        return [(f"{Path(f).name}:{line}:{fn}"[:90], round(1000 * row[index] / steps, 2),
+                 row[1] // steps) for (f, line, fn), row in rows]
+    return {"py_own_ms": listed(2), "py_cumulative_ms": listed(3)}
 
 
 def main(argv=None) -> int:
@@ -115,8 +122,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--profile", type=int, default=3)
     parser.add_argument("--top", type=int, default=18)
-    parser.add_argument("--variants", default="padded-8x1,packed-causal,packed-before,"
-                                               "packed-masks,packed")
+    parser.add_argument("--variants", default="packed,packed-nockpt,padded-8x1")
     args = parser.parse_args(argv)
     from bench_training import prepare, spec
 
@@ -128,73 +134,128 @@ def main(argv=None) -> int:
         if isinstance(result, dict) and "step_ms" in result:
             print(f"{name:14} {result['step_ms']:7.1f} ms/step  gpu busy "
                   f"{result['gpu_busy_ms_per_step']:6.1f} ms  {result['tokens_per_s']:8,.0f} tok/s")
-    print(json.dumps(results.get("attention")))
     return 0
 
 
-def run_variants(args, run: dict) -> dict:
-    import os
-    os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
+def _load(args, run: dict, checkpointing):
+    """An Unsloth model with LoRA, as the bare loop loads it, and its optimizer."""
     from unsloth import FastLanguageModel  # noqa: I001  (before transformers)
     import bitsandbytes as bnb
-    import torch
-    from bench_training import ALPHA, ATTN_MLP, LR, data_dir
-    from bench_training_attention import attention_timings
+    from bench_training import ALPHA, ATTN_MLP, LR
 
-    from runner.train import packed_attention as pa
+    from runner.train import packed_attention
 
     model, tokenizer = FastLanguageModel.from_pretrained(
         str(args.work / "models" / run["model"]), max_seq_length=run["seq"], dtype=None,
         load_in_4bit=False)
     model = FastLanguageModel.get_peft_model(
         model, r=run["r"], lora_alpha=ALPHA, lora_dropout=0, target_modules=ATTN_MLP,
-        bias="none", use_gradient_checkpointing="unsloth", random_state=3407)
+        bias="none", use_gradient_checkpointing=checkpointing, random_state=3407)
     FastLanguageModel.for_training(model)
+    packed_attention.install(model)      # padded batches (with an attention mask) pass through
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = bnb.optim.AdamW8bit(params, lr=LR, weight_decay=0.01)
+    return model, tokenizer, params, bnb.optim.AdamW8bit(params, lr=LR, weight_decay=0.01)
+
+
+def run_variants(args, run: dict) -> dict:
+    import os
+    os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
+    import torch
+    from bench_training import data_dir
+
     rows = json.loads((data_dir(run, args.work) / "tokens.json").read_text())
-    count = args.warmup + args.steps + args.profile
-    pad = tokenizer.pad_token_id or 0
-    new_masks, new_core = pa.block_mask, pa.attention_core
-    results = {}
+    count = args.warmup + args.steps + 2 * args.profile
+    loaded, results = {}, {}
     for name in args.variants.split(","):
-        packed = name != "padded-8x1"
-        if name in ("packed-before", "packed-masks", "packed"):
-            pa.install(model)
-            pa.block_mask = pa.reference_block_mask if name == "packed-before" else new_masks
-            pa.attention_core = _before_core() if name in ("packed-before", "packed-masks") \
-                else new_core
-        batches = _batches(rows, pad, packed, count)
+        if name.startswith("runner-"):
+            results[name] = _profile_runner(args, name)
+            print(name, json.dumps({k: v for k, v in results[name].items()
+                                    if not k.startswith(("top_", "py_"))}), flush=True)
+            (args.out / "training-profile.json").write_text(json.dumps(results, indent=1))
+            continue
+        checkpointing = False if name.endswith("-nockpt") else "unsloth"
+        if checkpointing not in loaded:
+            loaded[checkpointing] = _load(args, run, checkpointing)
+        model, tokenizer, params, optimizer = loaded[checkpointing]
+        packed = not name.startswith("padded")
+        batches = _batches(rows, tokenizer.pad_token_id or 0, packed, count)
         tokens = [int(b["input_ids"].numel()) for b in batches]
+        torch.cuda.reset_peak_memory_stats()
         start = time.time()
+        timed = slice(args.warmup, args.warmup + args.steps)
         try:
             _loop(model, optimizer, params, batches[:args.warmup])
             warm = time.time() - start
-            times = _loop(model, optimizer, params, batches[args.warmup:args.warmup + args.steps])
-            profiled = _profile(model, optimizer, params, batches[args.warmup + args.steps:],
-                                args.top)
+            times = _loop(model, optimizer, params, batches[timed])
+            rest = batches[timed.stop:]
+            profiled = _profile(model, optimizer, params, rest[:args.profile], args.top)
+            profiled.update(_python_profile(model, optimizer, params, rest[args.profile:],
+                                            args.top))
         except Exception as error:  # noqa: BLE001 - recorded, the other variants still run
             results[name] = {"error": f"{type(error).__name__}: {error}"[:800]}
             continue
         real_tokens = [_real_tokens(b, packed) for b in batches]
-        timed = slice(args.warmup, args.warmup + args.steps)
         results[name] = {"step_ms": 1000 * sum(times) / len(times),
                          "step_ms_each": [round(1000 * t, 1) for t in times],
                          "tokens_per_s": sum(real_tokens[timed]) / sum(times),
                          "computed_tokens_per_step": sum(tokens[timed]) / args.steps,
+                         "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
                          "warmup_s": round(warm, 1), **profiled}
         print(name, json.dumps({k: v for k, v in results[name].items()
-                                if not k.startswith("top_")}), flush=True)
-        # Written after every variant: each one's warm-up compiles for 40-90 s on an H200, and
-        # a call stopped at its time limit keeps what was measured.
+                                if not k.startswith(("top_", "py_"))}), flush=True)
+        # Written after every variant: a warm-up compiles for 40-90 s on an H200, and a call
+        # stopped at its time limit keeps what was measured.
         (args.out / "training-profile.json").write_text(json.dumps(results, indent=1))
-    try:
-        results["attention"] = attention_timings()
-    except Exception as error:  # noqa: BLE001
-        results["attention"] = {"error": f"{type(error).__name__}: {error}"[:800]}
-    results["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    (args.out / "training-profile.json").write_text(json.dumps(results, indent=1))
     return results
+
+
+def _profile_runner(args, name: str) -> dict:
+    """The registered training step (SFTTrainer) on the benchmark's run `name`, profiled over
+    optimizer steps --warmup+1.. as the plain loop is: torch.profiler, then cProfile."""
+    import torch
+    import transformers
+    from bench_training import prepare, run_runner, spec
+
+    run = spec(name)
+    prepare(run, args.work)
+    first, count = args.warmup + 1, args.profile
+    captured: dict = {"step_end": []}
+
+    class StepProfiler(transformers.TrainerCallback):
+        def on_step_begin(self, targs, state, control, **kwargs):
+            step = state.global_step + 1             # the step about to run
+            if step == first:
+                captured["torch"] = torch.profiler.profile(activities=[
+                    torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA])
+                captured["torch"].start()
+            elif step == first + count:
+                captured["torch"].stop()
+                import cProfile
+                captured["python"] = cProfile.Profile()
+                captured["python"].enable()
+            elif step == first + 2 * count:
+                captured["python"].disable()
+
+        def on_step_end(self, targs, state, control, **kwargs):
+            captured["step_end"].append(time.perf_counter())
+
+    original = transformers.Trainer.train
+
+    def train(self, *positional, **keywords):
+        self.add_callback(StepProfiler())
+        return original(self, *positional, **keywords)
+    transformers.Trainer.train = train
+    try:
+        result = run_runner(run, args.work)
+    finally:
+        transformers.Trainer.train = original
+    ends = captured["step_end"]
+    timed = [b - a for a, b in zip(ends[1:first], ends[2:first + 1], strict=False)]
+    return {"tokens_per_s": result["tokens_per_s"], "step_s": result["step_s"],
+            "peak_gib": result["peak_gib"],
+            "step_ms": 1000 * sum(timed) / max(1, len(timed)),
+            **_torch_summary(captured["torch"], count, args.top),
+            **_python_summary(captured["python"], count, args.top)}
 
 
 def _real_tokens(batch: dict, packed: bool) -> int:

@@ -29,7 +29,7 @@ case "${1:-tests}" in
     timeout "${BUDGET:-150}" python3 -m pytest -m gpu -q -s -p no:cacheprovider \
       tests/test_training_packing.py 2>&1 | tee "$out/gpu_packing.log" | tail -n 8 ;;
   profile)
-    timeout "${BUDGET:-300}" python3 bench/bench_training_profile.py --work /tmp/bench --out "$out" \
+    timeout "${BUDGET:-300}" python3 bench/bench_training_profile.py --work /tmp/bench --out "$out" ${PROFILE_ARGS:-} \
       2>&1 | tee "$out/profile.log" | tail -n 30 ;;
   bench)
     # The training benchmark (bench_training.py's DEFAULT_RUNS, or the runs in $2), results

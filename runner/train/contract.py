@@ -134,6 +134,9 @@ def start(trainer, job) -> dict:
     record["router_aux_loss_coef"] = coefficient = router_aux_in_effect(trainer, job.training)
     if job.packed:
         record["packing"] = _start_packing(trainer, job, coefficient)
+    if job.backend == "unsloth":   # the model's own fused loss (hf keeps TRL's chunked LM head)
+        from runner.train import lean_loss
+        record["loss"] = lean_loss.install(trainer, coefficient)
     loss_check_wrapper(trainer, record, coefficient)
     trainer.add_callback(first_step_callback(groups, record))
     return record

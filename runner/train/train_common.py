@@ -184,6 +184,9 @@ def sft_config_kwargs(training: dict, model: dict, lora: dict, plan: Plan, *,
         eval_strategy="steps" if has_eval else "no",
         eval_steps=training["eval_steps"],
         include_num_input_tokens_seen="non_padding",
+        # The filter reads every micro-batch's loss back to the host (a GPU sync) and hides a NaN
+        # loss behind the running mean; a NaN in the logs says what happened.
+        logging_nan_inf_filter=False,
         disable_tqdm=True,
         use_cpu=plan.device == "cpu",
         dataloader_pin_memory=plan.device == "cuda",

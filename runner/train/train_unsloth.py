@@ -53,6 +53,16 @@ def load(job):
     return model, tokenizer
 
 
+def _unsloth_overrides(job) -> dict:
+    """get_peft_model already set up the checkpointing lora.use_gradient_checkpointing asks for
+    (Unsloth's own, offloading to host memory, as a bare Unsloth loop has it) and Unsloth's
+    trainer restores it; the Trainer's gradient_checkpointing would re-enable transformers'
+    checkpointing over it at train()."""
+    if job.model["full_finetuning"]:
+        return {}
+    return {"gradient_checkpointing": False, "gradient_checkpointing_kwargs": None}
+
+
 def build_trainer(job):
     """SFTTrainer over the rendered text, then Unsloth's response-only masking."""
     model, tokenizer = load(job)
@@ -70,7 +80,7 @@ def build_trainer(job):
     try:
         trainer = SFTTrainer(model=model, processing_class=tokenizer,
                              train_dataset=train_ds, eval_dataset=eval_ds,
-                             args=SFTConfig(**job.sft_kwargs()),
+                             args=SFTConfig(**{**job.sft_kwargs(), **_unsloth_overrides(job)}),
                              data_collator=job.collator(tokenizer))
     except ValueError as error:
         raise StepError(f"the trainer rejected the training settings: {error}") from error
