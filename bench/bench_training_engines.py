@@ -83,21 +83,30 @@ def _peaks() -> dict:
 
 
 def run_bare_group(runs: list[dict], work: Path) -> dict:
-    """The bare Unsloth loop for several runs on one loaded model (same LoRA for all)."""
+    """The bare Unsloth loop for several runs, on one loaded model per gradient checkpointing
+    setting (same LoRA for all); each model is freed before the next loads, so peaks compare."""
     os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
     from unsloth import FastLanguageModel  # noqa: I001  (before transformers)
+    import gc
+
     import torch
 
-    model, tokenizer = FastLanguageModel.from_pretrained(
-        str(work / "models" / runs[0]["model"]), max_seq_length=max(r["seq"] for r in runs),
-        dtype=None, load_in_4bit=False)
-    model = FastLanguageModel.get_peft_model(
-        model, r=runs[0]["r"], lora_alpha=ALPHA, lora_dropout=0, target_modules=ATTN_MLP,
-        bias="none", use_gradient_checkpointing="unsloth", random_state=3407)
-    FastLanguageModel.for_training(model)
     results = {}
-    for run in runs:
-        results[run["name"]] = _bare_loop(model, tokenizer.pad_token_id or 0, run, work)
+    settings = list(dict.fromkeys(r.get("checkpointing", "unsloth") for r in runs))
+    for checkpointing in settings:
+        group = [r for r in runs if r.get("checkpointing", "unsloth") == checkpointing]
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            str(work / "models" / group[0]["model"]), max_seq_length=max(r["seq"] for r in group),
+            dtype=None, load_in_4bit=False)
+        model = FastLanguageModel.get_peft_model(
+            model, r=group[0]["r"], lora_alpha=ALPHA, lora_dropout=0, target_modules=ATTN_MLP,
+            bias="none", use_gradient_checkpointing=checkpointing, random_state=3407)
+        FastLanguageModel.for_training(model)
+        for run in group:
+            results[run["name"]] = _bare_loop(model, tokenizer.pad_token_id or 0, run, work)
+            torch.cuda.empty_cache()
+        del model, tokenizer
+        gc.collect()
         torch.cuda.empty_cache()
     return results
 

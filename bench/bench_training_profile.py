@@ -200,7 +200,7 @@ def run_variants(args, run: dict) -> dict:
                          "tokens_per_s": sum(real_tokens[timed]) / sum(times),
                          "computed_tokens_per_step": sum(tokens[timed]) / args.steps,
                          "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
-                         "warmup_s": round(warm, 1), **profiled}
+                         "warmup_s": round(warm, 1), "dynamo": _dynamo_counters(), **profiled}
         print(name, json.dumps({k: v for k, v in results[name].items()
                                 if not k.startswith(("top_", "py_"))}), flush=True)
         # Written after every variant: a warm-up compiles for 40-90 s on an H200, and a call
@@ -253,9 +253,18 @@ def _profile_runner(args, name: str) -> dict:
     timed = [b - a for a, b in zip(ends[1:first], ends[2:first + 1], strict=False)]
     return {"tokens_per_s": result["tokens_per_s"], "step_s": result["step_s"],
             "peak_gib": result["peak_gib"],
-            "step_ms": 1000 * sum(timed) / max(1, len(timed)),
+            "step_ms": 1000 * sum(timed) / max(1, len(timed)), "dynamo": _dynamo_counters(),
             **_torch_summary(captured["torch"], count, args.top),
             **_python_summary(captured["python"], count, args.top)}
+
+
+def _dynamo_counters() -> dict:
+    """torch.compile's counters so far (frames compiled, recompiles, graph breaks): a step that
+    recompiles or falls back to eager shows here."""
+    from torch._dynamo.utils import counters
+    keep = ("stats", "graph_break", "recompiles", "frames", "inductor")
+    return {group: dict(sorted(counts.items(), key=lambda kv: -kv[1])[:8])
+            for group, counts in counters.items() if group in keep}
 
 
 def _real_tokens(batch: dict, packed: bool) -> int:

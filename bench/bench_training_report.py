@@ -26,6 +26,8 @@ PEAKS = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989.4e12), ("H200
          ("A100", 312e12), ("L40S", 362e12)]
 TARGETS = [("runner-packed", "bare-2x4", 4.0), ("runner-packed", "bare-8x1", 1.8),
            ("runner-full", "bare-full", 0.97)]
+# Not targets: the same comparison with bare Unsloth also without checkpointing.
+REFERENCES = [("runner-packed", "bare-8x1-nockpt")]
 PLAN_TOLERANCE = 0.15
 NOTES = "<!-- notes: kept when the tables above are rebuilt -->"
 
@@ -85,6 +87,8 @@ def planned_gib(result: dict, run: dict, config: dict) -> float | None:
     sections = recipe_sections(run, Path("/models"), backend)
     if backend == "hf":
         sections["lora"]["use_gradient_checkpointing"] = True
+    if "checkpointing" in result:        # what the run's "auto" decided (its summary.json)
+        sections["lora"]["use_gradient_checkpointing"] = result["checkpointing"]
     tokens = result["micro_tokens"]
     return estimate(config, sections["model"], sections["lora"], sections["training"],
                     backend=backend, tokens=tokens, longest_row=tokens // run["micro"]).gib()
@@ -95,12 +99,14 @@ def _peak(card: str) -> float | None:
 
 
 def _table(results: dict, info: dict, names: list[str], bases: list[str]) -> list[str]:
-    head = ("| run | geometry (rows x accum) | tokens/s | " + "".join(f"vs {b} | " for b in bases)
+    head = ("| run | geometry (rows x accum) | checkpointing | tokens/s | "
+            + "".join(f"vs {b} | " for b in bases)
             + "MFU | peak GiB | plan GiB | plan / peak | trainable |")
-    lines = [head, "|" + " --- |" * (8 + len(bases))]
+    lines = [head, "|" + " --- |" * (9 + len(bases))]
     for name in names:
         result, run = results[name], results[name]["spec"]
         geometry = f"{run['micro']} x {run['accum']}" + (" packed" if run["packing"] else "")
+        geometry += f" | {_checkpointing(result, run)}"
         if "error" in result:
             lines.append(f"| {name} | {geometry} | failed: {result['error'][:160]} |"
                          + " |" * (6 + len(bases)))
@@ -118,6 +124,15 @@ def _table(results: dict, info: dict, names: list[str], bases: list[str]) -> lis
     return lines
 
 
+def _checkpointing(result: dict, run: dict) -> str:
+    """The gradient checkpointing a run trained with (a runner run's "auto" as decided)."""
+    if run["engine"] == "baseline":
+        return "transformers"
+    value = result.get("checkpointing", run.get("checkpointing", "unsloth"))
+    decided = " (auto)" if run["engine"] == "runner" and "checkpointing" not in run else ""
+    return {False: "off", True: "transformers", "unsloth": "unsloth"}.get(value, str(value)) + decided
+
+
 def _checks(results: dict, info: dict) -> list[str]:
     lines = []
     for run, base, goal in TARGETS:
@@ -126,6 +141,11 @@ def _checks(results: dict, info: dict) -> list[str]:
             ratio = a["tokens_per_s"] / b["tokens_per_s"]
             verdict = "met" if ratio >= goal else f"NOT met ({100 * (ratio / goal - 1):+.0f}%)"
             lines.append(f"- {run} vs {base}: {ratio:.2f}x (target >= {goal:g}x): {verdict}")
+    for run, base in REFERENCES:
+        a, b = results.get(run, {}), results.get(base, {})
+        if "tokens_per_s" in a and "tokens_per_s" in b:
+            lines.append(f"- for reference, {run} vs {base}: "
+                         f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}x")
     plans = []
     for name, result in results.items():
         if "peak_gib" in result and result.get("micro_tokens"):
@@ -151,8 +171,10 @@ def render(results: dict, info: dict) -> str:
              f"Measured {info['date']} with `bench/bench_training.py` "
              f"(`bash bench/gpu_session.sh bench`), every run of a table in one device call on "
              f"that card; {versions}.", "",
-             "LoRA alpha 16, dropout 0, bf16, AdamW 8-bit, lr 2e-4, Unsloth's gradient "
-             "checkpointing (baseline: transformers' checkpointing, eager attention). tokens/s "
+             "LoRA alpha 16, dropout 0, bf16, AdamW 8-bit, lr 2e-4; gradient checkpointing as "
+             "the column says: unsloth = Unsloth's offloaded checkpointing, the hand-run "
+             "workflow's; (auto) = the runner's default, decided from the memory plan "
+             "(baseline: transformers' checkpointing, eager attention). tokens/s "
              "counts real (non-padding) tokens over the measured optimizer steps; peak = torch's "
              "peak allocated GPU memory from the start of training, weights included; plan = "
              "`runner.train.memory_plan`'s estimate for the run's largest micro-batch.", ""]

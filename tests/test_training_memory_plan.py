@@ -11,7 +11,12 @@ from conftest import ROOT, run_cli
 from training_helpers import section
 
 from runner.tiny_model import PRESETS
-from runner.train.memory_plan import estimate, lora_parameters, parameter_groups
+from runner.train.memory_plan import (
+    checkpointing_for,
+    estimate,
+    lora_parameters,
+    parameter_groups,
+)
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -81,3 +86,46 @@ training: {{backend: hf, gpu_memory_gib: 16}}
     run = run_cli("run", recipe, "--run-dir", tmp_path / "runs", timeout=120)
     assert run.returncode == 2 and "nothing was run" in run.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_auto_checkpointing_is_off_only_where_the_step_fits_without_it():
+    config = _config(num_hidden_layers=4)
+    model = section("model", max_seq_length=512, load_in_4bit=False)
+    training = section("training", per_device_train_batch_size=8)
+    lora = section("lora", r=16)
+    assert lora["use_gradient_checkpointing"] == "auto"         # the schema's default
+    without = estimate(config, model, {**lora, "use_gradient_checkpointing": False}, training,
+                       backend="unsloth").gib()
+    with_it = estimate(config, model, lora, training, backend="unsloth").gib()
+    assert with_it < without      # "auto" undecided plans for checkpointing on
+    decide = lambda card, backend="unsloth", **kw: checkpointing_for(  # noqa: E731
+        config, model, {**lora, **kw}, training, backend=backend, card_gib=card)
+    off, why = decide(140.0)
+    assert off is False and "auto: off" in why and f"{without:.1f} GiB" in why
+    # Just too small for the no-checkpointing step at 80% of the usable memory: on.
+    tight = without / 0.8 + 1.0 - 0.1
+    assert decide(tight) == ("unsloth", decide(tight)[1]) and "auto: on (unsloth)" in decide(tight)[1]
+    assert decide(without / 0.8 + 1.0 + 0.1)[0] is False
+    assert decide(tight, backend="hf")[0] is True
+    assert decide(None)[0] == "unsloth" and "no GPU" in decide(None)[1]
+    assert decide(140.0, use_gradient_checkpointing="unsloth") == ("unsloth", None)
+    assert decide(140.0, use_gradient_checkpointing=False) == (False, None)
+
+
+def test_recipe_plan_says_what_auto_checkpointing_decides(tmp_path):
+    model = tmp_path / "gpt-oss-4-layers"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(_config(num_hidden_layers=4)))
+    recipe = tmp_path / "fast.yaml"
+    recipe.write_text(f"""name: fast
+sources: [{{type: pydoc, modules: [json]}}]
+cleaning: {{}}
+pairing: {{}}
+validation: {{}}
+chat_template: {{}}
+model: {{name: {model}, load_in_4bit: false, max_seq_length: 512}}
+training: {{backend: unsloth, gpu_memory_gib: 140, per_device_train_batch_size: 8}}
+""")
+    plan = run_cli("plan", recipe, "--run-dir", tmp_path / "runs", timeout=120)
+    assert "gradient checkpointing False)" in plan.stdout
+    assert "gradient checkpointing auto: off, the step needs about" in plan.stdout

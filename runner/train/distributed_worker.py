@@ -119,8 +119,7 @@ def run_worker(ctx: StepContext, backend: str, world: World) -> dict:
     from runner.train.train_run import Job, make_plan, train_job
 
     training = ctx.settings
-    plan = make_plan(training, ctx.sections["model"], backend,
-                     cpu_only=world.layout.device == "cpu")
+    plan = make_plan(ctx, backend, cpu_only=world.layout.device == "cpu")
     rows = read_rows(ctx.inputs["chat_template"])
     train_rows, eval_rows = split_rows(rows, training["eval_fraction"], training["seed"])
     root = checkpoint_root(ctx.cache_dir, ctx.key)

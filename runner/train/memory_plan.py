@@ -26,6 +26,11 @@ CONTEXT_GIB = 1.0          # CUDA context and allocator slack outside torch's al
 OPTIMIZER_BYTES = {"adamw_8bit": 2, "paged_adamw_8bit": 2, "adamw_torch": 8,
                    "adamw_torch_fused": 8, "adafactor": 4, "sgd": 0}
 REFERENCE_CARD_GIB = 15.0  # a "16 GB" card as it reports itself (T4: 15,360 MiB)
+# use_gradient_checkpointing "auto" turns checkpointing off when the step without it takes at
+# most this share of the card's usable memory: the rest is headroom for longer rows than planned
+# and allocator fragmentation. Without it a step skips the recomputed forward (on the H200
+# benchmark, a packed GPT-OSS step took about half the time).
+AUTO_SHARE = 0.8
 
 
 @dataclass
@@ -90,6 +95,8 @@ def estimate(config: dict, model: dict, lora: dict, training: dict, *, backend: 
     per_device_train_batch_size rows of max_seq_length). longest_row: padded rows' width."""
     from runner.train.train_common import gradient_checkpointing, packed
 
+    if lora.get("use_gradient_checkpointing") == "auto":   # undecided: plan for it on
+        lora = {**lora, "use_gradient_checkpointing": "unsloth" if backend == "unsloth" else True}
     s, groups = _shape(config), parameter_groups(config)
     batch, width = training["per_device_train_batch_size"], int(model["max_seq_length"])
     tokens = tokens or batch * width
@@ -188,6 +195,27 @@ def card_memory(training: dict) -> tuple[float, str] | None:
         return None
 
 
+def checkpointing_for(config: dict | None, model: dict, lora: dict, training: dict, *,
+                      backend: str, card_gib: float | None) -> tuple[object, str | None]:
+    """(the use_gradient_checkpointing in effect, why) for lora's setting; only "auto" is
+    decided here: off when the step fits without it (AUTO_SHARE of the card), else on."""
+    asked = lora.get("use_gradient_checkpointing")
+    if asked != "auto":
+        return asked, None
+    on = "unsloth" if backend == "unsloth" else True
+    if card_gib is None or config is None:
+        what = "no GPU to plan for" if card_gib is None else "the model config is not here yet"
+        return on, f"gradient checkpointing auto: on ({on}), {what}"
+    without = estimate(config, model, {**lora, "use_gradient_checkpointing": False}, training,
+                       backend=backend).gib()
+    usable = card_gib - CONTEXT_GIB
+    if without <= AUTO_SHARE * usable:
+        return False, (f"gradient checkpointing auto: off, the step needs about {without:.1f} GiB "
+                       f"without it, within {AUTO_SHARE:.0%} of the {usable:.1f} GiB usable")
+    return on, (f"gradient checkpointing auto: on ({on}), without it the step would need about "
+                f"{without:.1f} GiB, over {AUTO_SHARE:.0%} of the {usable:.1f} GiB usable")
+
+
 def planned_backend(training: dict, card) -> str:
     import importlib.util
     if training.get("backend", "auto") != "auto":
@@ -232,8 +260,12 @@ def plan(model: dict, lora: dict, training: dict, base_dir) -> tuple[list[str], 
                 "(it is read once the model is downloaded, converted or built)"], None
     card = card_memory(training)
     backend = planned_backend(training, card)
+    checkpointing, why = checkpointing_for(config, model, lora, training, backend=backend,
+                                           card_gib=card[0] if card else None)
+    lora = {**lora, "use_gradient_checkpointing": checkpointing}
     est = estimate(config, model, lora, training, backend=backend)
     lines = [describe(est, backend, lora, training)] + [f"  note: {n}" for n in est.notes]
+    lines += [f"  {why}"] if why else []
     lines.append(f"  {reference_card_line(est)}")
     if card is None:
         lines.append("  no CUDA GPU here (nvidia-smi): set training.gpu_memory_gib to plan for one")

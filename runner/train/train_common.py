@@ -31,6 +31,7 @@ class Plan:
     fp16: bool
     bf16: bool
     notes: list[str] = field(default_factory=list)
+    checkpointing: object = None      # lora.use_gradient_checkpointing "auto", decided (None: on)
 
 
 def cuda_available() -> bool:

@@ -77,7 +77,13 @@ class Job:
 
     @property
     def lora(self) -> dict:
-        return self.ctx.sections["lora"]
+        """The recipe's lora section, with use_gradient_checkpointing "auto" decided (make_plan)."""
+        lora = self.ctx.sections["lora"]
+        if lora.get("use_gradient_checkpointing") != "auto":
+            return lora
+        decided = self.plan.checkpointing
+        on = "unsloth" if self.backend == "unsloth" else True
+        return {**lora, "use_gradient_checkpointing": on if decided is None else decided}
 
     @property
     def chat(self) -> dict:
@@ -138,12 +144,34 @@ class Job:
         return encode(self.train_rows, "train"), encode(self.eval_rows, "eval")
 
 
-def make_plan(training: dict, model: dict, backend: str, cpu_only: bool = False) -> Plan:
+def make_plan(ctx, backend: str, cpu_only: bool = False) -> Plan:
     import torch
     check_backend(backend)
+    training, model = ctx.settings, ctx.sections["model"]
     device = "cuda" if cuda_available() and not cpu_only else "cpu"
     bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
-    return plan_for(training, model, device, bf16_supported=bf16)
+    plan = plan_for(training, model, device, bf16_supported=bf16)
+    _decide_checkpointing(plan, ctx, backend)
+    return plan
+
+
+def _decide_checkpointing(plan: Plan, ctx, backend: str) -> None:
+    """use_gradient_checkpointing "auto": off when the memory plan says the step fits without
+    it on this GPU (training.gpu_memory_gib when set), else on; the reason goes in the notes."""
+    from runner.train.memory_plan import GIB, checkpointing_for, model_config
+
+    lora, training = ctx.sections["lora"], ctx.settings
+    if lora.get("use_gradient_checkpointing") != "auto":
+        return
+    card = None
+    if plan.device == "cuda":
+        import torch
+        card = training.get("gpu_memory_gib") or torch.cuda.get_device_properties(
+            torch.cuda.current_device()).total_memory / GIB
+    config = model_config(ctx.sections["model"], ctx.recipe_dir) if card else None
+    plan.checkpointing, why = checkpointing_for(config, ctx.sections["model"], lora, training,
+                                                backend=backend, card_gib=card)
+    plan.notes.append(why)
 
 
 def check_backend(backend: str) -> None:
@@ -165,7 +193,7 @@ def run_training(ctx, backend: str) -> dict:
     layout = layout_of(training, gpus)
     refuse(training, layout, gpus)
     # A launching step leaves CUDA alone (the ranks own the GPUs): each rank makes its plan.
-    plan = None if layout.launched else make_plan(training, ctx.sections["model"], backend)
+    plan = None if layout.launched else make_plan(ctx, backend)
     rows = read_rows(ctx.inputs["chat_template"])
     train_rows, eval_rows = split_rows(rows, training["eval_fraction"], training["seed"])
     write_jsonl(ctx.out_dir / "eval.jsonl", eval_rows)
@@ -326,5 +354,6 @@ def _summary(trainer, job: Job, callback, mask: dict, resumed_step: int | None) 
         "resumed_from_step": resumed_step,
         **loss_summary(rows), **callback.throughput, **peak_memory(),
         "optim": plan.optim, "fp16": plan.fp16, "bf16": plan.bf16, "notes": plan.notes,
+        "gradient_checkpointing": job.lora["use_gradient_checkpointing"],
         "mask": mask, "versions": package_versions(("torch", "transformers", "trl", "peft", "unsloth", "bitsandbytes")),
     }
