@@ -11,7 +11,9 @@ Model: random-init GPT-OSS-20B with 4 layers (and all 24 for the hand-run memory
 by runner.tiny_model on the GPU. Rows: `docs` (the offline Python-docs length distribution) or
 `full` (2,048-token rows, the throughput ceiling); see bench_training_data.py. Every engine runs
 in its own process (Unsloth imported first; each runner run in a process of its own), the
-bare runs one after another on one loaded model; tokens/s counts real
+bare runs one after another on one loaded model per checkpointing setting; runner runs keep
+the recipe default use_gradient_checkpointing "auto" (decided from the memory plan) unless a
+run sets `checkpointing`; tokens/s counts real
 (non-padding) tokens over optimizer steps SKIP..STEPS; peak is torch's peak allocation from the
 start of training, weights included; the plan is runner.train.memory_plan's estimate.
 

@@ -7,7 +7,9 @@ Trainer. Variants:
 - padded-8x1:      bare Unsloth's best padded geometry (the reference);
 - packed:          runner.train.packed_attention (document BlockMasks, one compiled core),
                    Unsloth's offloaded gradient checkpointing;
-- packed-nockpt:   the same without gradient checkpointing (no recomputed forward).
+- packed-nockpt:   the same without gradient checkpointing (no recomputed forward);
+- runner-<run>:    the registered training step (SFTTrainer) on bench_training's run <run>,
+                   profiled from a callback over the same optimizer steps.
 
 For each: milliseconds per optimizer step over --steps steps after --warmup; then a
 torch.profiler pass over --profile steps (GPU busy time per step, the top operators by CPU and

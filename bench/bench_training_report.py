@@ -128,8 +128,12 @@ def _checkpointing(result: dict, run: dict) -> str:
     """The gradient checkpointing a run trained with (a runner run's "auto" as decided)."""
     if run["engine"] == "baseline":
         return "transformers"
+    auto = run["engine"] == "runner" and "checkpointing" not in run
+    if auto and "error" in result:
+        return "auto"                       # the run did not get to decide
+    # A runner result without the field predates "auto": it trained with the old default.
     value = result.get("checkpointing", run.get("checkpointing", "unsloth"))
-    decided = " (auto)" if run["engine"] == "runner" and "checkpointing" not in run else ""
+    decided = " (auto)" if auto and "checkpointing" in result else ""
     return {False: "off", True: "transformers", "unsloth": "unsloth"}.get(value, str(value)) + decided
 
 

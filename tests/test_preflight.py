@@ -24,7 +24,7 @@ def test_python_docs_on_a_cpu_machine_without_a_token(tmp_path):
     plan = cli("plan", PYTHON_DOCS, "--run-dir", tmp_path)
     assert plan.returncode == 2 and "pre-flight: 3 problems would stop this run" in plan.stderr
     errors = plan.stderr
-    assert "python_docs.yaml:84:3: $.training.backend: the unsloth backend needs a CUDA GPU" in errors
+    assert "python_docs.yaml:86:3: $.training.backend: the unsloth backend needs a CUDA GPU" in errors
     assert "set training.backend: auto" in errors
     assert "python_docs.yaml:69:3: $.model.load_in_4bit: 4-bit loading (bitsandbytes" in errors
     assert "--set model.load_in_4bit=false" in errors
