@@ -66,20 +66,27 @@ def test_the_16_gb_claim_needs_unsloths_4bit_experts():
     assert any("experts stay in 16 bits" in note for note in hf.notes) and not unsloth.notes
 
 
-def test_recipe_plan_prints_the_plan_and_run_refuses_a_card_too_small(tmp_path):
-    model = tmp_path / "gpt-oss-20b-shape"
-    model.mkdir()
-    (model / "config.json").write_text(json.dumps(_config()))
-    recipe = tmp_path / "big.yaml"
-    recipe.write_text(f"""name: big
+def _recipe(tmp_path, name: str, config: dict, model: str, training: str):
+    """A recipe whose model is a folder holding only `config` (what the plan reads)."""
+    folder = tmp_path / f"{name}-model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    recipe = tmp_path / f"{name}.yaml"
+    recipe.write_text(f"""name: {name}
 sources: [{{type: pydoc, modules: [json]}}]
 cleaning: {{}}
 pairing: {{}}
 validation: {{}}
 chat_template: {{}}
-model: {{name: {model}, load_in_4bit: false}}
-training: {{backend: hf, gpu_memory_gib: 16}}
+model: {{name: {folder}, {model}}}
+training: {{{training}}}
 """)
+    return recipe
+
+
+def test_recipe_plan_prints_the_plan_and_run_refuses_a_card_too_small(tmp_path):
+    recipe = _recipe(tmp_path, "big", _config(), "load_in_4bit: false",
+                     "backend: hf, gpu_memory_gib: 16")
     plan = run_cli("plan", recipe, "--run-dir", tmp_path / "runs", timeout=120)
     assert plan.returncode == 2
     assert "memory plan (hf backend): peak about" in plan.stdout
@@ -115,19 +122,9 @@ def test_auto_checkpointing_is_off_only_where_the_step_fits_without_it():
 
 
 def test_recipe_plan_says_what_auto_checkpointing_decides(tmp_path):
-    model = tmp_path / "gpt-oss-4-layers"
-    model.mkdir()
-    (model / "config.json").write_text(json.dumps(_config(num_hidden_layers=4)))
-    recipe = tmp_path / "fast.yaml"
-    recipe.write_text(f"""name: fast
-sources: [{{type: pydoc, modules: [json]}}]
-cleaning: {{}}
-pairing: {{}}
-validation: {{}}
-chat_template: {{}}
-model: {{name: {model}, load_in_4bit: false, max_seq_length: 512}}
-training: {{backend: unsloth, gpu_memory_gib: 140, per_device_train_batch_size: 8}}
-""")
+    recipe = _recipe(tmp_path, "fast", _config(num_hidden_layers=4),
+                     "load_in_4bit: false, max_seq_length: 512",
+                     "backend: unsloth, gpu_memory_gib: 140, per_device_train_batch_size: 8")
     plan = run_cli("plan", recipe, "--run-dir", tmp_path / "runs", timeout=120)
     assert "gradient checkpointing False)" in plan.stdout
     assert "gradient checkpointing auto: off, the step needs about" in plan.stdout

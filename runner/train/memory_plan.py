@@ -96,7 +96,7 @@ def estimate(config: dict, model: dict, lora: dict, training: dict, *, backend: 
     from runner.train.train_common import gradient_checkpointing, packed
 
     if lora.get("use_gradient_checkpointing") == "auto":   # undecided: plan for it on
-        lora = {**lora, "use_gradient_checkpointing": "unsloth" if backend == "unsloth" else True}
+        lora = {**lora, "use_gradient_checkpointing": checkpointing_on(backend)}
     s, groups = _shape(config), parameter_groups(config)
     batch, width = training["per_device_train_batch_size"], int(model["max_seq_length"])
     tokens = tokens or batch * width
@@ -195,6 +195,11 @@ def card_memory(training: dict) -> tuple[float, str] | None:
         return None
 
 
+def checkpointing_on(backend: str):
+    """What "on" means per backend: Unsloth's offloaded checkpointing, or transformers'."""
+    return "unsloth" if backend == "unsloth" else True
+
+
 def checkpointing_for(config: dict | None, model: dict, lora: dict, training: dict, *,
                       backend: str, card_gib: float | None) -> tuple[object, str | None]:
     """(the use_gradient_checkpointing in effect, why) for lora's setting; only "auto" is
@@ -202,7 +207,7 @@ def checkpointing_for(config: dict | None, model: dict, lora: dict, training: di
     asked = lora.get("use_gradient_checkpointing")
     if asked != "auto":
         return asked, None
-    on = "unsloth" if backend == "unsloth" else True
+    on = checkpointing_on(backend)
     if card_gib is None or config is None:
         what = "no GPU to plan for" if card_gib is None else "the model config is not here yet"
         return on, f"gradient checkpointing auto: on ({on}), {what}"

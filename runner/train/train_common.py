@@ -31,7 +31,7 @@ class Plan:
     fp16: bool
     bf16: bool
     notes: list[str] = field(default_factory=list)
-    checkpointing: object = None      # lora.use_gradient_checkpointing "auto", decided (None: on)
+    checkpointing: object = None      # lora.use_gradient_checkpointing "auto", decided
 
 
 def cuda_available() -> bool:
@@ -135,6 +135,26 @@ def _mixed_precision(plan: Plan, training: dict, weights: str, bf16_supported: b
 def gradient_checkpointing(lora: dict) -> bool:
     # "unsloth" is Unsloth's offloaded variant; transformers' plain checkpointing is the nearest.
     return lora.get("use_gradient_checkpointing") not in (False, None)
+
+
+def decide_checkpointing(plan: Plan, lora: dict, training: dict, model: dict, base_dir,
+                         backend: str) -> None:
+    """use_gradient_checkpointing "auto" -> plan.checkpointing: off when the memory plan says
+    the step fits without it on this GPU (training.gpu_memory_gib when set), else on; the
+    reason goes in the notes."""
+    from runner.train.memory_plan import GIB, checkpointing_for, model_config
+
+    if lora.get("use_gradient_checkpointing") != "auto":
+        return
+    card = None
+    if plan.device == "cuda":
+        import torch
+        card = training.get("gpu_memory_gib") or torch.cuda.get_device_properties(
+            torch.cuda.current_device()).total_memory / GIB
+    config = model_config(model, base_dir) if card else None
+    plan.checkpointing, why = checkpointing_for(config, model, lora, training, backend=backend,
+                                                card_gib=card)
+    plan.notes.append(why)
 
 
 def packed(training: dict) -> bool:

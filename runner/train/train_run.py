@@ -19,6 +19,7 @@ from runner.train.train_common import (
     checkpoint_root,
     checkpoint_step,
     cuda_available,
+    decide_checkpointing,
     packed,
     plan_for,
     prepare_checkpoints,
@@ -81,9 +82,7 @@ class Job:
         lora = self.ctx.sections["lora"]
         if lora.get("use_gradient_checkpointing") != "auto":
             return lora
-        decided = self.plan.checkpointing
-        on = "unsloth" if self.backend == "unsloth" else True
-        return {**lora, "use_gradient_checkpointing": on if decided is None else decided}
+        return {**lora, "use_gradient_checkpointing": self.plan.checkpointing}
 
     @property
     def chat(self) -> dict:
@@ -151,27 +150,8 @@ def make_plan(ctx, backend: str, cpu_only: bool = False) -> Plan:
     device = "cuda" if cuda_available() and not cpu_only else "cpu"
     bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
     plan = plan_for(training, model, device, bf16_supported=bf16)
-    _decide_checkpointing(plan, ctx, backend)
+    decide_checkpointing(plan, ctx.sections["lora"], training, model, ctx.recipe_dir, backend)
     return plan
-
-
-def _decide_checkpointing(plan: Plan, ctx, backend: str) -> None:
-    """use_gradient_checkpointing "auto": off when the memory plan says the step fits without
-    it on this GPU (training.gpu_memory_gib when set), else on; the reason goes in the notes."""
-    from runner.train.memory_plan import GIB, checkpointing_for, model_config
-
-    lora, training = ctx.sections["lora"], ctx.settings
-    if lora.get("use_gradient_checkpointing") != "auto":
-        return
-    card = None
-    if plan.device == "cuda":
-        import torch
-        card = training.get("gpu_memory_gib") or torch.cuda.get_device_properties(
-            torch.cuda.current_device()).total_memory / GIB
-    config = model_config(ctx.sections["model"], ctx.recipe_dir) if card else None
-    plan.checkpointing, why = checkpointing_for(config, ctx.sections["model"], lora, training,
-                                                backend=backend, card_gib=card)
-    plan.notes.append(why)
 
 
 def check_backend(backend: str) -> None:
