@@ -10,8 +10,10 @@
 Model: random-init GPT-OSS-20B with 4 layers (and all 24 for the hand-run memory check), built
 by runner.tiny_model on the GPU. Rows: `docs` (the offline Python-docs length distribution) or
 `full` (2,048-token rows, the throughput ceiling); see bench_training_data.py. Every engine runs
-in its own process (Unsloth imported first; each runner run in a process of its own), the
-bare runs one after another on one loaded model per checkpointing setting; runner runs keep
+in its own process (Unsloth imported first), the bare runs one after another on one loaded model
+per checkpointing setting, the runner runs one after another in one process (one import and
+one warm compiler cache: the whole set fits in one 600 s device call); reference runs (not
+compared by a target) go last, when the time budget still allows; runner runs keep
 the recipe default use_gradient_checkpointing "auto" (decided from the memory plan) unless a
 run sets `checkpointing`; tokens/s counts real
 (non-padding) tokens over optimizer steps SKIP..STEPS; peak is torch's peak allocation from the
@@ -50,7 +52,8 @@ RUNS = {
     "bare-full": dict(engine="bare", data="full", micro=4, accum=1),
     # Bare Unsloth's best padded geometry without checkpointing (what runner-packed's "auto"
     # decides on this card), so the speed-up from packing alone shows.
-    "bare-8x1-nockpt": dict(engine="bare", data="docs", micro=8, accum=1, checkpointing=False),
+    "bare-8x1-nockpt": dict(engine="bare", data="docs", micro=8, accum=1, checkpointing=False,
+                            reference=True),
     # Runner runs keep the recipe default, use_gradient_checkpointing "auto" (off where the
     # memory plan says the step fits without it), unless they say otherwise.
     "runner-packed": dict(engine="runner", data="docs", micro=8, accum=1, packing=True),
@@ -64,9 +67,10 @@ RUNS = {
                                model="gpt-oss-20b-24l", load_in_4bit=True, seq=1024, steps=6,
                                skip=2),
 }
-# In the order they run (engines bare, runner, baseline): the runs the targets compare first.
-DEFAULT_RUNS = ("bare-2x4,bare-8x1,bare-full,bare-8x1-nockpt,runner-packed,runner-full,"
-                "runner-padded,baseline-2x4")
+# In the order they run (engines bare, runner, baseline, then reference runs): the runs the
+# targets compare first.
+DEFAULT_RUNS = ("bare-2x4,bare-8x1,bare-full,runner-packed,runner-full,runner-padded,"
+                "baseline-2x4,bare-8x1-nockpt")
 
 
 def spec(name: str, tiny: bool = False) -> dict:
@@ -165,16 +169,33 @@ def run_group(engine: str, runs: list[dict], work: Path) -> dict:
 
     if engine == "bare":
         return run_bare_group(runs, work)
+    import gc
+
     function = run_runner if engine == "runner" else run_baseline
     results = {}
     for run in runs:
         results[run["name"]] = function(run, work)
-        import gc
         gc.collect()
+        if _cuda():
+            import torch
+            torch.cuda.empty_cache()
     return results
 
 
 # --- driver --------------------------------------------------------------------------------
+
+def schedule(runs: list[dict]) -> list[tuple[str, list[str]]]:
+    """(engine, run names) per process, in order: the compared runs engine by engine (bare,
+    runner, baseline), then the reference runs the same way."""
+    order = []
+    for reference in (False, True):
+        for engine in ("bare", "runner", "baseline"):
+            names = [run["name"] for run in runs
+                     if run["engine"] == engine and bool(run.get("reference")) == reference]
+            if names:
+                order.append((engine, names))
+    return order
+
 
 def run_engine_process(engine: str, names: list[str], args, log_dir: Path) -> dict:
     """One engine's runs in a fresh process: clean memory statistics, Unsloth imported first."""
@@ -185,7 +206,7 @@ def run_engine_process(engine: str, names: list[str], args, log_dir: Path) -> di
         return {name: {"error": "not run: the call's time budget was spent"} for name in names}
     command = [sys.executable, __file__, "engine", "--engine", engine, "--runs", ",".join(names),
                "--work", str(args.work)] + (["--tiny"] if args.tiny else [])
-    log = log_dir / f"engine-{engine}{'-' + names[0] if engine == 'runner' else ''}.log"
+    log = log_dir / f"engine-{engine}-{names[0]}.log"
     start = time.time()
     with open(log, "w") as handle:
         process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
@@ -221,8 +242,11 @@ def main(argv=None) -> int:
         groups = [runs] if args.engine == "bare" else [[run] for run in runs]
         results = {}
         for group in groups:        # one run failing leaves the others' results
+            began = time.time()
             try:
                 results.update(run_group(args.engine, group, args.work))
+                print(f"[bench] {[run['name'] for run in group]}: {time.time() - began:.0f}s",
+                      flush=True)
             except Exception as error:  # noqa: BLE001 - recorded per run in the results
                 import traceback
                 traceback.print_exc()
@@ -238,13 +262,8 @@ def main(argv=None) -> int:
     if args.command == "prepare":
         return 0
     results = {}
-    for engine in ("bare", "runner", "baseline"):
-        names = [run["name"] for run in runs if run["engine"] == engine]
-        # Each runner run in a process of its own: in one process, the last of three runner
-        # runs slowed down (2026-12-02: runner-full 0.136 -> 0.148 s per step during the run).
-        for group in ([[name] for name in names] if engine == "runner" else [names] if names
-                      else []):
-            results.update(run_engine_process(engine, group, args, args.out))
+    for engine, names in schedule(runs):
+        results.update(run_engine_process(engine, names, args, args.out))
     for run in runs:
         results[run["name"]]["spec"] = run
     print(write_report(results, args.out, args.work, args.name), flush=True)

@@ -48,6 +48,7 @@ def _loop(model, optimizer, params, batches: list[dict]) -> list[float]:
     times = []
     for batch in batches:
         start = time.perf_counter()
+        torch.compiler.cudagraph_mark_step_begin()   # a new iteration for CUDA-graph variants
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = model(**batch).loss
         loss.backward()
@@ -92,14 +93,17 @@ def _torch_summary(prof, steps: int, top: int) -> dict:
             "top_ops_cpu": listed(operators, lambda e: e.self_cpu_time_total / 1000 / steps)}
 
 
-def _python_profile(model, optimizer, params, batches: list[dict], top: int) -> dict:
-    """cProfile over a few steps: the Python functions by own time and by cumulative time."""
+def _python_profile(model, optimizer, params, batches: list[dict], top: int, dump=None) -> dict:
+    """cProfile over a few steps: the Python functions by own time and by cumulative time
+    (all of them in `dump`, for pstats)."""
     import cProfile
 
     profiler = cProfile.Profile()
     profiler.enable()
     _loop(model, optimizer, params, batches)
     profiler.disable()
+    if dump:
+        profiler.dump_stats(dump)
     return _python_summary(profiler, len(batches), top)
 
 
@@ -139,8 +143,14 @@ def main(argv=None) -> int:
     return 0
 
 
-def _load(args, run: dict, checkpointing):
-    """An Unsloth model with LoRA, as the bare loop loads it, and its optimizer."""
+# Variant name suffix -> torch.compile mode of every decoder layer.
+COMPILE_MODES = {"compiled": "default", "graphs": "reduce-overhead"}
+
+
+def _load(args, run: dict, checkpointing, compile_mode=None):
+    """An Unsloth model with LoRA, as the bare loop loads it, and its optimizer; with
+    `compile_mode`, each decoder layer torch.compile'd in that mode ("default",
+    "reduce-overhead": CUDA graphs)."""
     from unsloth import FastLanguageModel  # noqa: I001  (before transformers)
     import bitsandbytes as bnb
     from bench_training import ALPHA, ATTN_MLP, LR
@@ -155,6 +165,9 @@ def _load(args, run: dict, checkpointing):
         bias="none", use_gradient_checkpointing=checkpointing, random_state=3407)
     FastLanguageModel.for_training(model)
     packed_attention.install(model)      # padded batches (with an attention mask) pass through
+    if compile_mode:
+        for layer in packed_attention.backbone_of(model).layers:
+            layer.compile(mode=compile_mode)
     params = [p for p in model.parameters() if p.requires_grad]
     return model, tokenizer, params, bnb.optim.AdamW8bit(params, lr=LR, weight_decay=0.01)
 
@@ -175,10 +188,11 @@ def run_variants(args, run: dict) -> dict:
                                     if not k.startswith(("top_", "py_"))}), flush=True)
             (args.out / "training-profile.json").write_text(json.dumps(results, indent=1))
             continue
-        checkpointing = False if name.endswith("-nockpt") else "unsloth"
-        if checkpointing not in loaded:
-            loaded[checkpointing] = _load(args, run, checkpointing)
-        model, tokenizer, params, optimizer = loaded[checkpointing]
+        checkpointing = False if "-nockpt" in name else "unsloth"
+        compile_mode = COMPILE_MODES.get(name.rsplit("-", 1)[-1])
+        if (checkpointing, compile_mode) not in loaded:
+            loaded[checkpointing, compile_mode] = _load(args, run, checkpointing, compile_mode)
+        model, tokenizer, params, optimizer = loaded[checkpointing, compile_mode]
         packed = not name.startswith("padded")
         batches = _batches(rows, tokenizer.pad_token_id or 0, packed, count)
         tokens = [int(b["input_ids"].numel()) for b in batches]
@@ -192,7 +206,7 @@ def run_variants(args, run: dict) -> dict:
             rest = batches[timed.stop:]
             profiled = _profile(model, optimizer, params, rest[:args.profile], args.top)
             profiled.update(_python_profile(model, optimizer, params, rest[args.profile:],
-                                            args.top))
+                                            args.top, args.out / f"{name}.pstats"))
         except Exception as error:  # noqa: BLE001 - recorded, the other variants still run
             results[name] = {"error": f"{type(error).__name__}: {error}"[:800]}
             continue
@@ -237,6 +251,7 @@ def _profile_runner(args, name: str) -> dict:
                 captured["python"].enable()
             elif step == first + 2 * count:
                 captured["python"].disable()
+                captured["python"].dump_stats(args.out / f"{name}.pstats")
 
         def on_step_end(self, targs, state, control, **kwargs):
             captured["step_end"].append(time.perf_counter())
