@@ -8,6 +8,8 @@ Trainer. Variants:
 - packed:          runner.train.packed_attention (document BlockMasks, one compiled core),
                    Unsloth's offloaded gradient checkpointing;
 - packed-nockpt:   the same without gradient checkpointing (no recomputed forward);
+- packed-nockpt-compiled / -graphs: every decoder layer torch.compile'd, in the default mode
+                   or "reduce-overhead" (CUDA graphs; each new packed length records a graph);
 - runner-<run>:    the registered training step (SFTTrainer) on bench_training's run <run>,
                    profiled from a callback over the same optimizer steps.
 
