@@ -59,6 +59,9 @@ RUNS = {
     "runner-packed": dict(engine="runner", data="docs", micro=8, accum=1, packing=True),
     "runner-packed-ckpt": dict(engine="runner", data="docs", micro=8, accum=1, packing=True,
                                checkpointing="unsloth"),
+    # runner-packed without CUDA graphs (what its "auto" turns on): what the graphs buy.
+    "runner-packed-eager": dict(engine="runner", data="docs", micro=8, accum=1, packing=True,
+                                cuda_graphs=False, reference=True),
     "runner-padded": dict(engine="runner", data="docs", micro=2, accum=4),
     "runner-full": dict(engine="runner", data="full", micro=4, accum=1),
     "baseline-2x4": dict(engine="baseline", data="docs", micro=2, accum=4),
@@ -115,7 +118,7 @@ def recipe_sections(run: dict, work: Path, backend: str) -> dict:
     training = _section("training", backend=backend, per_device_train_batch_size=run["micro"],
                         gradient_accumulation_steps=run["accum"], max_steps=run["steps"],
                         learning_rate=LR, save_steps=run["steps"], warmup_steps=2,
-                        packing=run["packing"])
+                        packing=run["packing"], cuda_graphs=run.get("cuda_graphs", "auto"))
     return {"model": model, "lora": lora, "training": training}
 
 
@@ -149,10 +152,13 @@ def run_runner(run: dict, work: Path) -> dict:
     return {"tokens_per_s": _rate(rows, "tokens_seen", "elapsed_s", run),
             "peak_by_step": peaks[:3] + peaks[-1:],
             "step_s": [round(b["elapsed_s"] - a["elapsed_s"], 4) for a, b in zip(rows, rows[1:], strict=False)],
-            "peak_gib": summary.get("peak_gpu_allocated_gib", summary.get("peak_rss_gib")),
+            "peak_gib": max(summary.get("peak_gpu_allocated_gib") or summary.get("peak_rss_gib"),
+                            (summary.get("cuda_graphs") or {}).get("peak_gpu_allocated_gib", 0)),
             "reserved_gib": summary.get("peak_gpu_reserved_gib"),
             "trainable": summary["trainable_params"], "final_loss": summary["final_loss"],
             "checkpointing": summary["gradient_checkpointing"],
+            # The recordings before training: their peak counts too (training resets its own).
+            "cuda_graphs": summary.get("cuda_graphs"),
             "micro_tokens": contract.get("largest_micro_batch_tokens"),
             "contract": {k: contract.get(k) for k in ("packing", "loss_check",
                                                       "router_aux_loss_coef", "targets")}}
