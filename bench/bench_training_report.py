@@ -91,8 +91,7 @@ def planned_gib(result: dict, run: dict, config: dict) -> float | None:
         sections["lora"]["use_gradient_checkpointing"] = result["checkpointing"]
     tokens = result["micro_tokens"]
     return estimate(config, sections["model"], sections["lora"], sections["training"],
-                    backend=backend, tokens=tokens, longest_row=tokens // run["micro"],
-                    graphs=bool(result.get("cuda_graphs"))).gib()
+                    backend=backend, tokens=tokens, longest_row=tokens // run["micro"]).gib()
 
 
 def _peak(card: str) -> float | None:

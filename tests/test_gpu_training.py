@@ -66,28 +66,3 @@ def test_hf_backend_trains_on_the_gpu_with_trl_kernels(tmp_path):
     assert summary["optim"] == "adamw_8bit" and summary["bf16"]
     assert not any("Triton" in note for note in summary["notes"])
     assert summary["final_loss"] < summary["first_loss"]
-
-
-def test_cuda_graphs_train_packed_steps_as_the_eager_layers_do(tmp_path):
-    """The same packed recipe with the decoder layers replayed as CUDA graphs and without:
-    every lengths is recorded before training, and the losses follow the eager ones."""
-    common = ("--until", "training", "--set", "training.packing=true",
-              "--set", "training.per_device_train_batch_size=8",
-              "--set", "training.gradient_accumulation_steps=1",
-              "--set", "lora.use_gradient_checkpointing=false", "--set", "training.max_steps=12",
-              "--set", "training.eval_fraction=0.1", "--set", "training.eval_steps=6")
-    losses, summaries = {}, {}
-    for graphs in ("true", "false"):
-        run, log = _run(tmp_path / graphs, *common, "--set", f"training.cuda_graphs={graphs}")
-        summaries[graphs] = _summary(run)
-        metrics = [json.loads(line) for line in
-                   (run / "training" / "metrics.jsonl").read_text().splitlines()]
-        losses[graphs] = [row["loss"] for row in metrics if "loss" in row]
-        assert ("cuda graphs: " in log) == (graphs == "true"), log[-3000:]
-    recorded = summaries["true"]["cuda_graphs"]
-    assert recorded["lengths"] and all(n % recorded["multiple"] == 0 for n in recorded["lengths"])
-    assert summaries["false"]["cuda_graphs"] is None
-    assert summaries["true"]["eval_loss"] is not None
-    assert len(losses["true"]) == len(losses["false"]) == 12
-    assert abs(losses["true"][0] / losses["false"][0] - 1) < 1e-2, losses
-    assert max(abs(a / b - 1) for a, b in zip(losses["true"], losses["false"], strict=True)) < 5e-2

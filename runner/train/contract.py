@@ -14,7 +14,6 @@ sequence attending to each other.
 from __future__ import annotations
 
 from runner.errors import StepError
-from runner.train.cuda_graphs import eager_layers
 from runner.train.train_common import MLP_MODULES
 
 # Names a dense-model MLP target takes on GPT-OSS, whose experts are fused parameters (PEFT's
@@ -220,9 +219,8 @@ def loss_check_wrapper(trainer, record: dict, aux_coefficient: float) -> None:
                             num_items_in_batch=num_items_in_batch, **kwargs)
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         # The backbone is called directly, past the autocast accelerate wraps forward in.
-        # Uncompiled layers: CUDA graphs would record no-grad shapes training never replays.
         with torch.no_grad(), torch.random.fork_rng(devices=devices), \
-                trainer.accelerator.autocast(), eager_layers(model):
+                trainer.accelerator.autocast():
             # DDP wraps the model: score its module (no_grad, so nothing of DDP is bypassed).
             losses, _ = token_losses(trainer.accelerator.unwrap_model(model), inputs,
                                      chunk=CHECK_CHUNK)

@@ -31,10 +31,6 @@ REFERENCE_CARD_GIB = 15.0  # a "16 GB" card as it reports itself (T4: 15,360 MiB
 # and allocator fragmentation. Without it a step skips the recomputed forward (on the H200
 # benchmark, a packed GPT-OSS step took about half the time).
 AUTO_SHARE = 0.8
-# Under CUDA graphs (runner.train.cuda_graphs) the compiled parts of every layer (attention,
-# norms) keep their tensors in the graph trees' private pool, which eager work (the MoE, the
-# loss) cannot reuse: that much again beside the eager activations.
-GRAPH_POOL_COPIES = 1.0
 
 
 @dataclass
@@ -94,11 +90,9 @@ def lora_parameters(config: dict, lora: dict) -> int:
 
 
 def estimate(config: dict, model: dict, lora: dict, training: dict, *, backend: str,
-             tokens: int | None = None, longest_row: int | None = None,
-             graphs: bool = False) -> Estimate:
+             tokens: int | None = None, longest_row: int | None = None) -> Estimate:
     """The estimate for a micro-batch of `tokens` (default: the worst case the recipe allows:
-    per_device_train_batch_size rows of max_seq_length). longest_row: padded rows' width;
-    graphs: the decoder layers run as CUDA graphs."""
+    per_device_train_batch_size rows of max_seq_length). longest_row: padded rows' width."""
     from runner.train.train_common import gradient_checkpointing, packed
 
     if lora.get("use_gradient_checkpointing") == "auto":   # undecided: plan for it on
@@ -106,9 +100,6 @@ def estimate(config: dict, model: dict, lora: dict, training: dict, *, backend: 
     s, groups = _shape(config), parameter_groups(config)
     batch, width = training["per_device_train_batch_size"], int(model["max_seq_length"])
     tokens = tokens or batch * width
-    if graphs:                          # packed lengths go up in GRAPH_MULTIPLE steps
-        from runner.train.cuda_graphs import GRAPH_MULTIPLE
-        tokens = -(-tokens // GRAPH_MULTIPLE) * GRAPH_MULTIPLE
     dtype = model.get("dtype") if model.get("dtype") not in (None, "auto") else "bfloat16"
     unit = 4 if dtype == "float32" else 2
     notes: list[str] = []
@@ -133,20 +124,13 @@ def estimate(config: dict, model: dict, lora: dict, training: dict, *, backend: 
                                longest_row or width, gradient_checkpointing(lora), packed(training))
     parts = {"weights": weights, "adapters": adapters, "activations": activations,
              "workspace": LM_HEAD_TOKENS * s["V"] * 4}
-    if graphs:
-        parts["graph_pool"] = GRAPH_POOL_COPIES * s["L"] * _attention_elements(s) * unit * tokens
     return Estimate(parts, tokens, trainable, notes)
-
-
-def _attention_elements(s: dict) -> int:
-    """Elements a layer's attention block (norm, projections, attention) keeps per token."""
-    q, kv = s["heads"] * s["hd"], s["kv"] * s["hd"]
-    return 2 * s["H"] + 2 * q + 4 * kv + q
 
 
 def _layer_elements(s: dict) -> int:
     """Elements one decoder layer keeps per token for its backward pass."""
-    attention = _attention_elements(s)
+    q, kv = s["heads"] * s["hd"], s["kv"] * s["hd"]
+    attention = 2 * s["H"] + 2 * q + 4 * kv + q
     if s["E"]:
         return attention + 2 * s["H"] + 2 * s["E"] + s["k"] * (2 * s["H"] + 3 * s["I"])
     return attention + 2 * s["H"] + 3 * s["I"]
@@ -227,12 +211,8 @@ def checkpointing_for(config: dict | None, model: dict, lora: dict, training: di
     if card_gib is None or config is None:
         what = "no GPU to plan for" if card_gib is None else "the model config is not here yet"
         return on, f"gradient checkpointing auto: on ({on}), {what}"
-    from runner.train.cuda_graphs import reasons_against
-
-    unchecked = {**lora, "use_gradient_checkpointing": False}
-    graphs = training.get("cuda_graphs", "auto") is not False and not reasons_against(
-        training, unchecked, backend, True, False)
-    without = estimate(config, model, unchecked, training, backend=backend, graphs=graphs).gib()
+    without = estimate(config, model, {**lora, "use_gradient_checkpointing": False}, training,
+                       backend=backend).gib()
     usable = card_gib - CONTEXT_GIB
     if without <= AUTO_SHARE * usable:
         return False, (f"gradient checkpointing auto: off, the step needs about {without:.1f} GiB "
@@ -255,9 +235,7 @@ def describe(est: Estimate, backend: str, lora: dict, training: dict) -> str:
             f"{est.gib('weights'):.1f} + adapters {est.gib('adapters'):.2f} ({est.trainable / 1e6:.1f} M "
             f"trainable, with gradients and {training['optim']} states) + activations "
             f"{est.gib('activations'):.2f} ({est.tokens:,} {kind} tokens per micro-batch, "
-            f"gradient checkpointing {checkpointing}) + LM-head workspace {est.gib('workspace'):.2f}"
-            + (f" + CUDA graph pool {est.gib('graph_pool'):.2f}" if "graph_pool" in est.parts
-               else ""))
+            f"gradient checkpointing {checkpointing}) + LM-head workspace {est.gib('workspace'):.2f}")
 
 
 def fits(est: Estimate, card_gib: float) -> bool:
@@ -280,11 +258,7 @@ def reference_card_line(est: Estimate) -> str:
 
 
 def plan(model: dict, lora: dict, training: dict, base_dir) -> tuple[list[str], str | None]:
-    """(lines for `recipe plan`, a problem when the estimate exceeds the card planned for, or
-    when training.cuda_graphs: true cannot work)."""
-    from runner.errors import StepError
-    from runner.train.cuda_graphs import decide
-
+    """(lines for `recipe plan`, a problem when the estimate exceeds the card planned for)."""
     config = model_config(model, base_dir)
     if config is None:
         return [f"memory plan: skipped, the config of {model.get('name')!r} is not here yet "
@@ -294,14 +268,9 @@ def plan(model: dict, lora: dict, training: dict, base_dir) -> tuple[list[str], 
     checkpointing, why = checkpointing_for(config, model, lora, training, backend=backend,
                                            card_gib=card[0] if card else None)
     lora = {**lora, "use_gradient_checkpointing": checkpointing}
-    try:
-        graphs, graphs_why = decide(training, lora, backend, card is not None, checkpointing)
-    except StepError as error:
-        return [str(error)], str(error)
-    est = estimate(config, model, lora, training, backend=backend, graphs=graphs)
+    est = estimate(config, model, lora, training, backend=backend)
     lines = [describe(est, backend, lora, training)] + [f"  note: {n}" for n in est.notes]
     lines += [f"  {why}"] if why else []
-    lines += [f"  {graphs_why}"] if training.get("packing") or graphs else []
     lines.append(f"  {reference_card_line(est)}")
     if card is None:
         lines.append("  no CUDA GPU here (nvidia-smi): set training.gpu_memory_gib to plan for one")

@@ -73,12 +73,9 @@ def row_spans(position_ids: list[int]) -> list[tuple[int, int]]:
     return list(zip(starts, starts[1:] + [len(position_ids)], strict=True))
 
 
-def collator_for(training: dict, tokenizer, graphs: bool = False):
-    """The packing collator the recipe asks for, or None for TRL's padded batches. Under CUDA
-    graphs (runner.train.cuda_graphs) lengths go in coarser steps: each one is a recording."""
-    from runner.train.cuda_graphs import GRAPH_MULTIPLE
-
+def collator_for(training: dict, tokenizer):
+    """The packing collator the recipe asks for, or None for TRL's padded batches."""
     if not (training.get("packing") or training.get("padding_free")):
         return None
-    multiple = (GRAPH_MULTIPLE if graphs else PAD_MULTIPLE) if training.get("packing") else 1
+    multiple = PAD_MULTIPLE if training.get("packing") else 1
     return PackedCollator(tokenizer.pad_token_id, multiple)

@@ -32,7 +32,6 @@ class Plan:
     bf16: bool
     notes: list[str] = field(default_factory=list)
     checkpointing: object = None      # lora.use_gradient_checkpointing "auto", decided
-    cuda_graphs: bool = False         # training.cuda_graphs, decided (runner.train.cuda_graphs)
 
 
 def cuda_available() -> bool:

@@ -14,7 +14,6 @@ from pathlib import Path
 from runner.artifacts import write_json, write_jsonl
 from runner.errors import StepError
 from runner.manifest import package_versions
-from runner.train.cuda_graphs import plan_graphs
 from runner.train.quiet_gc import collect_callback, quiet_gc
 from runner.train.train_common import (
     Plan,
@@ -107,7 +106,7 @@ class Job:
     def collator(self, tokenizer):
         """The packing collator (runner.train.packing), or None for TRL's padded batches."""
         from runner.train.packing import collator_for
-        return collator_for(self.training, tokenizer, graphs=self.plan.cuda_graphs)
+        return collator_for(self.training, tokenizer)
 
     def sft_kwargs(self) -> dict:
         kwargs = sft_config_kwargs(self.training, self.model, self.lora, self.plan,
@@ -152,9 +151,7 @@ def make_plan(ctx, backend: str, cpu_only: bool = False) -> Plan:
     device = "cuda" if cuda_available() and not cpu_only else "cpu"
     bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
     plan = plan_for(training, model, device, bf16_supported=bf16)
-    lora = ctx.sections["lora"]
-    decide_checkpointing(plan, lora, training, model, ctx.recipe_dir, backend)
-    plan_graphs(plan, lora, training, backend)
+    decide_checkpointing(plan, ctx.sections["lora"], training, model, ctx.recipe_dir, backend)
     return plan
 
 
@@ -210,9 +207,8 @@ def train_job(job: Job, resume_from: Path | None, metrics_path: Path) -> dict:
     for note in plan.notes:
         ctx.log(f"note: {note}")
     mask = verify_batches(trainer, tokenizer, job)
-    from runner.train import contract, cuda_graphs
+    from runner.train import contract
     checks = contract.start(trainer, job)
-    graphs = cuda_graphs.install(trainer, ctx.log) if plan.cuda_graphs else None
     callback = _attach_callbacks(trainer, job, metrics_path)
     if resume_from is not None:
         ctx.log(f"resuming from {resume_from.name} (step {resumed_step})")
@@ -224,7 +220,7 @@ def train_job(job: Job, resume_from: Path | None, metrics_path: Path) -> dict:
         return {}
     summary = {**_summary(trainer, job, callback, mask, resumed_step), "distributed": distributed,
                "contract": checks, "router_aux_loss_coef": checks["router_aux_loss_coef"],
-               "packed": job.packed, "cuda_graphs": graphs}
+               "packed": job.packed}
     write_json(ctx.out_dir / "summary.json", summary)
     shutil.rmtree(job.root, ignore_errors=True)  # the adapter is saved: checkpoints are spent
     return step_metrics(summary)
