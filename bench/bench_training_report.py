@@ -180,7 +180,9 @@ def render(results: dict, info: dict) -> str:
              "workflow's; (auto) = the runner's default, decided from the memory plan "
              "(baseline: transformers' checkpointing, eager attention). tokens/s "
              "counts real (non-padding) tokens over the measured optimizer steps; peak = torch's "
-             "peak allocated GPU memory from the start of training, weights included; plan = "
+             "peak allocated GPU memory from the start of training, weights included (a runner "
+             "run after the first in its process: less what the earlier runs left allocated, "
+             "`held_before_gib` in the results); plan = "
              "`runner.train.memory_plan`'s estimate for the run's largest micro-batch.", ""]
     docs = [n for n in results if results[n].get("spec", {}).get("data") == "docs"
             and not results[n]["spec"]["model"].endswith("24l")]
