@@ -11,15 +11,31 @@ import pytest
 from runner.train.quiet_gc import COLLECT_EVERY, collect_callback, quiet_gc
 
 
+class _Trainer:
+    """The two methods of transformers.Trainer that quiet_gc uses."""
+
+    def __init__(self):
+        self.callbacks = []
+
+    def add_callback(self, callback):
+        self.callbacks.append(callback)
+
+    def remove_callback(self, callback):
+        self.callbacks.remove(callback)
+
+
 def test_training_runs_with_the_heap_frozen_and_gc_restored_however_it_ends():
+    pytest.importorskip("transformers")
+    trainer = _Trainer()
     assert gc.isenabled()
-    with pytest.raises(ValueError), quiet_gc():
+    with pytest.raises(ValueError), quiet_gc(trainer):
         assert not gc.isenabled() and gc.get_freeze_count() > 0
+        assert len(trainer.callbacks) == 1
         raise ValueError("a step failed")
-    assert gc.isenabled() and gc.get_freeze_count() == 0
+    assert gc.isenabled() and gc.get_freeze_count() == 0 and trainer.callbacks == []
     gc.disable()
     try:
-        with quiet_gc():
+        with quiet_gc(trainer):
             pass
         assert not gc.isenabled()                        # it was off before: it stays off
     finally:
@@ -34,7 +50,7 @@ def test_cycles_made_by_steps_are_collected_every_few_steps():
         def __init__(self):
             self.me = self
 
-    with quiet_gc():
+    with quiet_gc(_Trainer()):
         Cycle()
         assert any(type(o) is Cycle for o in gc.get_objects())
         callback.on_step_end(None, SimpleNamespace(global_step=COLLECT_EVERY - 1), None)

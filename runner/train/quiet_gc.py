@@ -17,10 +17,12 @@ COLLECT_EVERY = 50
 
 
 @contextlib.contextmanager
-def quiet_gc():
-    """Training inside runs with automatic GC off and the existing heap frozen; both are
-    restored however training ends."""
+def quiet_gc(trainer):
+    """`trainer` trains inside with automatic GC off, the existing heap frozen and the young
+    generations collected every COLLECT_EVERY steps; all of it undone however training ends."""
     was_enabled = gc.isenabled()
+    callback = collect_callback()
+    trainer.add_callback(callback)
     gc.collect()
     gc.freeze()
     gc.disable()
@@ -30,6 +32,7 @@ def quiet_gc():
         gc.unfreeze()
         if was_enabled:
             gc.enable()
+        trainer.remove_callback(callback)
 
 
 def collect_callback():

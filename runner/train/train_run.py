@@ -14,7 +14,7 @@ from pathlib import Path
 from runner.artifacts import write_json, write_jsonl
 from runner.errors import StepError
 from runner.manifest import package_versions
-from runner.train.quiet_gc import collect_callback, quiet_gc
+from runner.train.quiet_gc import quiet_gc
 from runner.train.train_common import (
     Plan,
     checkpoint_root,
@@ -212,7 +212,7 @@ def train_job(job: Job, resume_from: Path | None, metrics_path: Path) -> dict:
     callback = _attach_callbacks(trainer, job, metrics_path)
     if resume_from is not None:
         ctx.log(f"resuming from {resume_from.name} (step {resumed_step})")
-    with quiet_gc():
+    with quiet_gc(trainer):
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     _save_outputs(trainer, tokenizer, job, metrics_path)
     distributed = job.world.summary(job.training, peak_memory()) if job.world else None
@@ -281,7 +281,6 @@ def _attach_callbacks(trainer, job: Job, metrics_path: Path):
     tb_dir = job.root / "tensorboard" if tensorboard else None
     callback = metrics_callback(metrics_path, job.ctx, tb_dir)
     trainer.add_callback(callback)
-    trainer.add_callback(collect_callback())
     return callback
 
 
