@@ -59,6 +59,10 @@ RUNS = {
     "runner-packed": dict(engine="runner", data="docs", micro=8, accum=1, packing=True),
     "runner-packed-ckpt": dict(engine="runner", data="docs", micro=8, accum=1, packing=True,
                                checkpointing="unsloth"),
+    # runner-packed with the backend's own MoE forward (Unsloth's expert path), for the
+    # grouped forward's share of the speed-up.
+    "runner-packed-library": dict(engine="runner", data="docs", micro=8, accum=1, packing=True,
+                                  moe_forward="library", reference=True),
     "runner-padded": dict(engine="runner", data="docs", micro=2, accum=4),
     "runner-full": dict(engine="runner", data="full", micro=4, accum=1),
     "baseline-2x4": dict(engine="baseline", data="docs", micro=2, accum=4),
@@ -114,7 +118,7 @@ def recipe_sections(run: dict, work: Path, backend: str) -> dict:
     training = _section("training", backend=backend, per_device_train_batch_size=run["micro"],
                         gradient_accumulation_steps=run["accum"], max_steps=run["steps"],
                         learning_rate=LR, save_steps=run["steps"], warmup_steps=2,
-                        packing=run["packing"])
+                        packing=run["packing"], moe_forward=run.get("moe_forward", "auto"))
     return {"model": model, "lora": lora, "training": training}
 
 
@@ -153,6 +157,7 @@ def run_runner(run: dict, work: Path) -> dict:
             "trainable": summary["trainable_params"], "final_loss": summary["final_loss"],
             "checkpointing": summary["gradient_checkpointing"],
             "micro_tokens": contract.get("largest_micro_batch_tokens"),
+            "moe": summary.get("moe"),
             "contract": {k: contract.get(k) for k in ("packing", "loss_check",
                                                       "router_aux_loss_coef", "targets")}}
 

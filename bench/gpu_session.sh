@@ -7,6 +7,7 @@
 #   bash bench/gpu_session.sh packing                # the bf16 packing test (tests/test_training_packing.py)
 #   bash bench/gpu_session.sh bench [RUNS] [NAME]    # the training benchmark (bench_training.py)
 #   bash bench/gpu_session.sh profile                # where a packed step's time goes
+#   bash bench/gpu_session.sh moe                    # one MoE block: Unsloth's against ours
 # Logs and results go to $OUT (or /tmp/gpu-out); the installed wheels stay in /tmp/site while warm.
 set -uo pipefail
 out=${OUT:-/tmp/gpu-out}
@@ -28,6 +29,10 @@ case "${1:-tests}" in
     # The bf16 packed-vs-unpacked test: compiled FlexAttention, gradients, on this GPU.
     timeout "${BUDGET:-150}" python3 -m pytest -m gpu -q -s -p no:cacheprovider \
       tests/test_training_packing.py 2>&1 | tee "$out/gpu_packing.log" | tail -n 8 ;;
+  moe)
+    # One MoE block, Unsloth's expert path against the runner's grouped forward.
+    timeout "${BUDGET:-200}" python3 bench/bench_moe.py --work /tmp/bench --out "$out" 2>&1 \
+      | tee "$out/moe.log" | tail -n 12 ;;
   profile)
     timeout "${BUDGET:-300}" python3 bench/bench_training_profile.py --work /tmp/bench --out "$out" ${PROFILE_ARGS:-} \
       2>&1 | tee "$out/profile.log" | tail -n 30 ;;

@@ -207,7 +207,11 @@ def train_job(job: Job, resume_from: Path | None, metrics_path: Path) -> dict:
     for note in plan.notes:
         ctx.log(f"note: {note}")
     mask = verify_batches(trainer, tokenizer, job)
-    from runner.train import contract
+    from runner.train import contract, moe_experts
+    moe = moe_experts.install(trainer.model, job.training["moe_forward"])
+    if moe["blocks"]:
+        ctx.log(f"MoE blocks: {moe['moe_forward']} forward ({moe['blocks']} blocks"
+                + (f"; {moe['why']}" if moe.get("why") else "") + ")")
     checks = contract.start(trainer, job)
     callback = _attach_callbacks(trainer, job, metrics_path)
     if resume_from is not None:
@@ -220,7 +224,7 @@ def train_job(job: Job, resume_from: Path | None, metrics_path: Path) -> dict:
         return {}
     summary = {**_summary(trainer, job, callback, mask, resumed_step), "distributed": distributed,
                "contract": checks, "router_aux_loss_coef": checks["router_aux_loss_coef"],
-               "packed": job.packed}
+               "packed": job.packed, "moe": moe}
     write_json(ctx.out_dir / "summary.json", summary)
     shutil.rmtree(job.root, ignore_errors=True)  # the adapter is saved: checkpoints are spent
     return step_metrics(summary)
