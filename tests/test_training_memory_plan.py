@@ -41,7 +41,10 @@ def test_parameter_counts_are_those_unsloth_reported_on_the_h200():
     # The last benchmark call: every compared run in one device call (bench/results/training.md);
     # the runner runs trained without checkpointing (auto).
     ("training-results.json", ["bare-2x4", "bare-8x1", "bare-full", "runner-packed",
-                               "runner-full", "runner-padded", "baseline-2x4"]),
+                               "runner-full", "runner-padded"]),
+    ("training-moe-ref-results.json", ["runner-packed", "baseline-2x4", "runner-packed-library"]),
+    ("training-eager-moe-results.json", ["bare-2x4", "bare-8x1", "bare-full", "runner-packed",
+                                         "runner-full", "runner-padded", "baseline-2x4"]),
     ("training-first-results.json", ["bare-8x1-nockpt", "runner-packed", "runner-full"]),
     ("training-rest-results.json", ["runner-padded", "baseline-2x4"]),
     ("training-handrun-results.json", ["runner-handrun-24l"])])

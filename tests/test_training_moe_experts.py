@@ -138,21 +138,26 @@ def test_refuses_two_active_adapters(tokenizer):
 
 @pytest.mark.gpu
 def test_compiled_grouped_forward_matches_the_library_in_bf16_on_the_gpu(tokenizer):
-    """On CUDA the grouped forward is compiled; in bf16 it stays within bf16 rounding of
-    transformers + PEFT, and two runs give equal gradients."""
+    """On CUDA the grouped forward is compiled. Against the library in fp32, the bf16 grouped
+    model errs at most twice as much as the bf16 library model (plus a small floor): whole-model
+    bf16 gradients differ by ~10% from any other bf16 order of summation, so bf16 against bf16
+    proves nothing. Two runs give equal gradients."""
     import torch
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    model = _model(tokenizer).to("cuda", torch.bfloat16)
     ids = torch.randint(10, 2000, (2, 64), generator=torch.Generator().manual_seed(6)).cuda()
-    logits_ref, grads_ref = _loss_and_grads(model, ids)
-    assert moe_experts.install(model)["compiled"] is True
-    logits, grads = _loss_and_grads(model, ids)
-    _, again = _loss_and_grads(model, ids)
-    assert (logits.float() - logits_ref.float()).abs().max() <= 3e-2 * logits_ref.abs().max()
+    exact_logits, exact = _loss_and_grads(_model(tokenizer).to("cuda"), ids)
+    half = _model(tokenizer).to("cuda", torch.bfloat16)
+    library_logits, library = _loss_and_grads(half, ids)
+    assert moe_experts.install(half)["compiled"] is True
+    logits, grads = _loss_and_grads(half, ids)
+    _, again = _loss_and_grads(half, ids)
+
+    def error(a, b):
+        return float((a.float() - b.float()).abs().max() / b.float().abs().max())
+    assert error(logits, exact_logits) <= 2 * error(library_logits, exact_logits) + 1e-2
     for name, grad in grads.items():
-        scale = grads_ref[name].float().abs().max()
         assert grad.abs().max() > 0, name
-        assert (grad.float() - grads_ref[name].float()).abs().max() <= 5e-2 * scale, name
+        assert error(grad, exact[name]) <= 2 * error(library[name], exact[name]) + 2e-2, name
         assert torch.equal(grad, again[name]), name
