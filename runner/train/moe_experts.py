@@ -33,28 +33,23 @@ def moe_blocks(model) -> list:
             and hasattr(_base_experts(module.experts), "gate_up_proj")]
 
 
+def _unwrap(experts) -> tuple:
+    """(the experts module under PEFT's nested ParamWrappers, {parameter name: its wrapper})."""
+    wrappers = {}
+    while hasattr(experts, "parameter_name") and hasattr(experts, "base_layer"):
+        wrappers[experts.parameter_name] = experts
+        experts = experts.base_layer
+    return experts, wrappers
+
+
 def _base_experts(experts):
-    """The experts module under PEFT's nested ParamWrappers."""
-    while hasattr(experts, "parameter_name") and hasattr(experts, "base_layer"):
-        experts = experts.base_layer
-    return experts
-
-
-def _wrappers(experts) -> dict:
-    """{parameter name: PEFT ParamWrapper} of the LoRA adapters on an experts module."""
-    found = {}
-    while hasattr(experts, "parameter_name") and hasattr(experts, "base_layer"):
-        found[experts.parameter_name] = experts
-        experts = experts.base_layer
-    return found
+    return _unwrap(experts)[0]
 
 
 def _block_refusal(block) -> str | None:
     import torch
 
-    base = _base_experts(block.experts)
-    if getattr(block.router, "top_k", None) == base.gate_up_proj.shape[0]:
-        return "every expert is routed to (top_k equals the number of experts)"
+    base, wrappers = _unwrap(block.experts)
     for name in ("gate_up_proj", "down_proj"):
         weight = getattr(base, name, None)
         if not isinstance(weight, torch.Tensor) or weight.dim() != 3:
@@ -63,7 +58,9 @@ def _block_refusal(block) -> str | None:
             return f"{name} is stored as {weight.dtype} (quantized experts)"
         if type(weight) not in (torch.Tensor, torch.nn.Parameter):
             return f"{name} is a {type(weight).__name__} (quantized experts)"
-    for name, wrapper in _wrappers(block.experts).items():
+    if getattr(block.router, "top_k", None) == base.gate_up_proj.shape[0]:
+        return "every expert is routed to (top_k equals the number of experts)"
+    for name, wrapper in wrappers.items():
         adapters = [a for a in wrapper.active_adapters if a in wrapper.lora_A]
         if len(adapters) > 1:
             return f"{name} has {len(adapters)} active adapters"
@@ -164,7 +161,7 @@ def _aligned(lhs, rhs):
 
 def experts_forward(experts, hidden, indices, scores, compiled: bool = False):
     """sum_k scores[t, k] * expert_{indices[t, k]}(hidden[t]) for hidden [N, H]."""
-    base, wrappers = _base_experts(experts), _wrappers(experts)
+    base, wrappers = _unwrap(experts)
     stacks = [_stack(base, name, wrappers) for name in ("gate_up_proj", "down_proj")]
     settings = {"alpha": float(base.alpha), "limit": float(base.limit)}
     if compiled:
@@ -196,8 +193,8 @@ def _stack(base, name: str, wrappers: dict) -> tuple:
 
 def grouped_experts(hidden, indices, scores, gate_up: tuple, down: tuple, *, alpha: float,
                     limit: float, activation=None):
-    """The MoE experts on plain tensors (`activation` None: the saving autograd node; `glu`
-    function where a compiler fuses it)."""
+    """The MoE experts on plain tensors. `activation` None: the GLU as the autograd node that
+    saves only its input (eager); pass `glu` where a compiler fuses it and picks what to save."""
     import torch
 
     top_k, count = indices.shape[-1], gate_up[0].shape[0]
