@@ -63,6 +63,10 @@ RUNS = {
     # grouped forward's share of the speed-up.
     "runner-packed-library": dict(engine="runner", data="docs", micro=8, accum=1, packing=True,
                                   moe_forward="library", reference=True),
+    # runner-packed with its decoder layers eager (training.compile_layers off), for the
+    # whole-layer compile's share.
+    "runner-packed-eager": dict(engine="runner", data="docs", micro=8, accum=1, packing=True,
+                                compile_layers="off", reference=True),
     "runner-padded": dict(engine="runner", data="docs", micro=2, accum=4),
     "runner-full": dict(engine="runner", data="full", micro=4, accum=1),
     "baseline-2x4": dict(engine="baseline", data="docs", micro=2, accum=4),
@@ -118,7 +122,8 @@ def recipe_sections(run: dict, work: Path, backend: str) -> dict:
     training = _section("training", backend=backend, per_device_train_batch_size=run["micro"],
                         gradient_accumulation_steps=run["accum"], max_steps=run["steps"],
                         learning_rate=LR, save_steps=run["steps"], warmup_steps=2,
-                        packing=run["packing"], moe_forward=run.get("moe_forward", "auto"))
+                        packing=run["packing"], moe_forward=run.get("moe_forward", "auto"),
+                        compile_layers=run.get("compile_layers", "auto"))
     return {"model": model, "lora": lora, "training": training}
 
 
@@ -157,7 +162,7 @@ def run_runner(run: dict, work: Path) -> dict:
             "trainable": summary["trainable_params"], "final_loss": summary["final_loss"],
             "checkpointing": summary["gradient_checkpointing"],
             "micro_tokens": contract.get("largest_micro_batch_tokens"),
-            "moe": summary.get("moe"),
+            "moe": summary.get("moe"), "compile_layers": summary.get("compile_layers"),
             "contract": {k: contract.get(k) for k in ("packing", "loss_check",
                                                       "router_aux_loss_coef", "targets")}}
 

@@ -43,6 +43,8 @@ def test_parameter_counts_are_those_unsloth_reported_on_the_h200():
     ("training-results.json", ["bare-2x4", "bare-8x1", "bare-full", "runner-packed",
                                "runner-full", "runner-padded"]),
     ("training-moe-ref-results.json", ["runner-packed", "baseline-2x4", "runner-packed-library"]),
+    # compiled decoder layers (training.compile_layers)
+    ("training-layers-results.json", ["bare-2x4", "bare-8x1", "bare-full", "runner-packed"]),
     ("training-eager-moe-results.json", ["bare-2x4", "bare-8x1", "bare-full", "runner-packed",
                                          "runner-full", "runner-padded", "baseline-2x4"]),
     ("training-first-results.json", ["bare-8x1-nockpt", "runner-packed", "runner-full"]),

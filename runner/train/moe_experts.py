@@ -22,6 +22,7 @@ active or merged adapters, LoRA dropout on the experts): `refusal(model)` says w
 from __future__ import annotations
 
 import types
+from contextlib import contextmanager
 
 MODES = ("auto", "grouped", "library")
 
@@ -58,6 +59,8 @@ def _block_refusal(block) -> str | None:
             return f"{name} is stored as {weight.dtype} (quantized experts)"
         if type(weight) not in (torch.Tensor, torch.nn.Parameter):
             return f"{name} is a {type(weight).__name__} (quantized experts)"
+        if weight.is_cuda and weight.dtype != torch.bfloat16:
+            return f"{name} is {weight.dtype} on CUDA (grouped GEMMs there take bf16 only)"
     if getattr(block.router, "top_k", None) == base.gate_up_proj.shape[0]:
         return "every expert is routed to (top_k equals the number of experts)"
     for name, wrapper in wrappers.items():
@@ -128,7 +131,8 @@ def grouped_block_forward(self, hidden_states):
     else:
         weights = scores
     out = experts_forward(self.experts, flat, indices, weights,
-                          compiled=getattr(self, "_moe_compiled", False))
+                          compiled=getattr(self, "_moe_compiled", False),
+                          stacks=getattr(self, "_eager_stacks", None))
     return out.reshape(batch, length, width), scores
 
 
@@ -159,11 +163,14 @@ def _aligned(lhs, rhs):
     return lhs.contiguous(), rhs.contiguous()
 
 
-def experts_forward(experts, hidden, indices, scores, compiled: bool = False):
+def experts_forward(experts, hidden, indices, scores, compiled: bool = False, stacks=None):
     """sum_k scores[t, k] * expert_{indices[t, k]}(hidden[t]) for hidden [N, H]."""
-    base, wrappers = _unwrap(experts)
-    stacks = [_stack(base, name, wrappers) for name in ("gate_up_proj", "down_proj")]
+    base = _base_experts(experts)
+    stacks = stacks or expert_stacks(experts)
     settings = {"alpha": float(base.alpha), "limit": float(base.limit)}
+    import torch
+    if torch.compiler.is_compiling():   # inside a compiled decoder layer (compiled_layers)
+        return grouped_experts(hidden, indices, scores, *stacks, **settings, activation=glu)
     if compiled:
         return _compiled_experts()(hidden, indices, scores, *stacks, **settings, activation=glu)
     return grouped_experts(hidden, indices, scores, *stacks, **settings)
@@ -180,6 +187,28 @@ def _compiled_experts():
         import torch
         _COMPILED = torch.compile(grouped_experts, dynamic=True)
     return _COMPILED
+
+
+def expert_stacks(experts) -> list[tuple]:
+    """[gate_up, down]: each (weight, bias, LoRA lhs, rhs, scaling), laid out for the GEMMs."""
+    base, wrappers = _unwrap(experts)
+    return [_stack(base, name, wrappers) for name in ("gate_up_proj", "down_proj")]
+
+
+@contextmanager
+def stacks_outside_graph(block):
+    """The block's expert stacks computed here, eagerly, for one call of a compiled graph that
+    contains the block (compiled_layers): traced, the LoRA factors' copies to row-major are
+    laid out as the compiler likes, and `_grouped_mm` refused the result (H200, torch 2.11:
+    "Invalid strides/sizes, got [1, 32, 512] for strides and [32, 16, 5760] for sizes")."""
+    if not hasattr(block, "_library_forward"):      # not the grouped forward: nothing to do
+        yield
+        return
+    block._eager_stacks = expert_stacks(block.experts)
+    try:
+        yield
+    finally:
+        block._eager_stacks = None
 
 
 def _stack(base, name: str, wrappers: dict) -> tuple:

@@ -21,6 +21,7 @@ from runner.train.train_common import (
     checkpoint_step,
     cuda_available,
     decide_checkpointing,
+    gradient_checkpointing,
     packed,
     plan_for,
     prepare_checkpoints,
@@ -207,12 +208,15 @@ def train_job(job: Job, resume_from: Path | None, metrics_path: Path) -> dict:
     for note in plan.notes:
         ctx.log(f"note: {note}")
     mask = verify_batches(trainer, tokenizer, job)
-    from runner.train import contract, moe_experts
+    from runner.train import compiled_layers, contract, moe_experts
     moe = moe_experts.install(trainer.model, job.training["moe_forward"])
     if moe["blocks"]:
         ctx.log(f"MoE blocks: {moe['moe_forward']} forward ({moe['blocks']} blocks"
                 + (f"; {moe['why']}" if moe.get("why") else "") + ")")
     checks = contract.start(trainer, job)
+    # after the start-of-run checks, which run the layers eagerly on their own shapes
+    layers = compiled_layers.install(trainer.model, job.training["compile_layers"], moe=moe,
+                                     checkpointing=gradient_checkpointing(job.lora), log=ctx.log)
     callback = _attach_callbacks(trainer, job, metrics_path)
     if resume_from is not None:
         ctx.log(f"resuming from {resume_from.name} (step {resumed_step})")
@@ -224,7 +228,8 @@ def train_job(job: Job, resume_from: Path | None, metrics_path: Path) -> dict:
         return {}
     summary = {**_summary(trainer, job, callback, mask, resumed_step), "distributed": distributed,
                "contract": checks, "router_aux_loss_coef": checks["router_aux_loss_coef"],
-               "packed": job.packed, "moe": moe}
+               "packed": job.packed, "moe": moe,
+               "compile_layers": layers}
     write_json(ctx.out_dir / "summary.json", summary)
     shutil.rmtree(job.root, ignore_errors=True)  # the adapter is saved: checkpoints are spent
     return step_metrics(summary)
