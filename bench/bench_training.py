@@ -63,10 +63,10 @@ RUNS = {
     # grouped forward's share of the speed-up.
     "runner-packed-library": dict(engine="runner", data="docs", micro=8, accum=1, packing=True,
                                   moe_forward="library", reference=True),
-    # runner-packed with its decoder layers eager (training.compile_layers off), for the
+    # runner-packed with its decoder layers compiled (training.compile_layers on), for the
     # whole-layer compile's share.
-    "runner-packed-eager": dict(engine="runner", data="docs", micro=8, accum=1, packing=True,
-                                compile_layers="off", reference=True),
+    "runner-packed-compiled": dict(engine="runner", data="docs", micro=8, accum=1, packing=True,
+                                   compile_layers="on", reference=True),
     "runner-padded": dict(engine="runner", data="docs", micro=2, accum=4),
     "runner-full": dict(engine="runner", data="full", micro=4, accum=1),
     "baseline-2x4": dict(engine="baseline", data="docs", micro=2, accum=4),
@@ -123,7 +123,7 @@ def recipe_sections(run: dict, work: Path, backend: str) -> dict:
                         gradient_accumulation_steps=run["accum"], max_steps=run["steps"],
                         learning_rate=LR, save_steps=run["steps"], warmup_steps=2,
                         packing=run["packing"], moe_forward=run.get("moe_forward", "auto"),
-                        compile_layers=run.get("compile_layers", "auto"))
+                        compile_layers=run.get("compile_layers", "off"))
     return {"model": model, "lora": lora, "training": training}
 
 

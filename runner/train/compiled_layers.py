@@ -9,6 +9,11 @@ become a few fused kernels forward and backward. Unsloth's own expert path is ex
 compilation (`torch.compiler.disable`), so compiling layers around it saved only about 4 ms
 (bench/results/training.md, profile 3): `auto` compiles only over the grouped forward.
 
+Off by default: on one H200 (2026-12-03) the packed step with compiled layers measured 41,170
+tokens/s, 1.71x bare Unsloth 8x1 in its call, against 1.92x for eager layers in an earlier call;
+a same-call comparison (bench run runner-packed-compiled) is still to be measured, and until it
+shows a gain the compile's start-up cost is not worth paying by default.
+
 Only packed training forwards take the compiled path (the layer's module is in train mode,
 gradients are on, the batch's document masks are set); evaluation, the start-of-run checks and
 unpacked batches run the layer as it was, so they never trigger a compile of their own shapes.
