@@ -165,10 +165,11 @@ def _aligned(lhs, rhs):
 
 def experts_forward(experts, hidden, indices, scores, compiled: bool = False, stacks=None):
     """sum_k scores[t, k] * expert_{indices[t, k]}(hidden[t]) for hidden [N, H]."""
+    import torch
+
     base = _base_experts(experts)
     stacks = stacks or expert_stacks(experts)
     settings = {"alpha": float(base.alpha), "limit": float(base.limit)}
-    import torch
     if torch.compiler.is_compiling():   # inside a compiled decoder layer (compiled_layers)
         return grouped_experts(hidden, indices, scores, *stacks, **settings, activation=glu)
     if compiled:
