@@ -1,14 +1,16 @@
 """Compiled decoder layers compute what the eager layers compute on a packed batch (tiny
-GPT-OSS, bf16 (the dtype `torch._grouped_mm` traces in), CPU, traced by Dynamo and AOTAutograd as on the GPU, each layer one graph), run
-only for packed training forwards, and are refused where they cannot help."""
+GPT-OSS in bf16, the dtype `torch._grouped_mm` traces in; CPU; traced by Dynamo and AOTAutograd
+as on the GPU, each layer one graph), run only for packed training forwards, and are refused
+where they cannot help."""
 
 from __future__ import annotations
 
 import pytest
+from test_training_moe_experts import _model, assert_bf16_bounded
+from test_training_moe_experts import loss_and_grads as _step
 
 from runner.errors import StepError
 from runner.train import compiled_layers, moe_experts, packed_attention
-from test_training_moe_experts import _model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -30,14 +32,6 @@ def _packed_batch(lengths=(23, 9, 40)):
     rows = [{"input_ids": ids, "labels": ids} for ids in
             (torch.randint(10, 2000, (n,), generator=generator).tolist() for n in lengths)]
     return PackedCollator(0, multiple=16)(rows)
-
-
-def _step(model, batch):
-    out = model(**batch)
-    out.loss.backward()
-    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
-    model.zero_grad()
-    return out.logits.detach(), grads
 
 
 def _packed_model(tokenizer):
@@ -138,9 +132,4 @@ def test_compiled_layers_match_eager_layers_in_bf16_on_the_gpu(tokenizer):
     assert record == {"compile_layers": "on", "layers": 2}
     logits, grads = _step(half, batch)
 
-    def error(a, b):
-        return float((a.float() - b.float()).abs().max() / b.float().abs().max())
-    assert error(logits, exact_logits) <= 2 * error(eager_logits, exact_logits) + 1e-2
-    for name, grad in grads.items():
-        assert grad.abs().max() > 0, name
-        assert error(grad, exact[name]) <= 2 * error(eager[name], exact[name]) + 2e-2, name
+    assert_bf16_bounded((logits, grads), (eager_logits, eager), (exact_logits, exact))
