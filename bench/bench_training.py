@@ -67,6 +67,9 @@ RUNS = {
     # whole-layer compile's share.
     "runner-packed-compiled": dict(engine="runner", data="docs", micro=8, accum=1, packing=True,
                                    compile_layers="on", reference=True),
+    # runner-packed logging every 10th step: what the per-step log's host sync costs.
+    "runner-packed-log10": dict(engine="runner", data="docs", micro=8, accum=1, packing=True,
+                                logging_steps=10, reference=True),
     "runner-padded": dict(engine="runner", data="docs", micro=2, accum=4),
     "runner-full": dict(engine="runner", data="full", micro=4, accum=1),
     "baseline-2x4": dict(engine="baseline", data="docs", micro=2, accum=4),
@@ -123,7 +126,8 @@ def recipe_sections(run: dict, work: Path, backend: str) -> dict:
                         gradient_accumulation_steps=run["accum"], max_steps=run["steps"],
                         learning_rate=LR, save_steps=run["steps"], warmup_steps=2,
                         packing=run["packing"], moe_forward=run.get("moe_forward", "auto"),
-                        compile_layers=run.get("compile_layers", "off"))
+                        compile_layers=run.get("compile_layers", "off"),
+                        logging_steps=run.get("logging_steps", 1))
     return {"model": model, "lora": lora, "training": training}
 
 
@@ -163,6 +167,7 @@ def run_runner(run: dict, work: Path) -> dict:
             "checkpointing": summary["gradient_checkpointing"],
             "micro_tokens": contract.get("largest_micro_batch_tokens"),
             "moe": summary.get("moe"), "compile_layers": summary.get("compile_layers"),
+            "logging": summary.get("logging"),
             "contract": {k: contract.get(k) for k in ("packing", "loss_check",
                                                       "router_aux_loss_coef", "targets")}}
 

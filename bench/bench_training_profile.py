@@ -130,6 +130,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--profile", type=int, default=3)
     parser.add_argument("--top", type=int, default=18)
+    parser.add_argument("--trace", action="store_true",
+                        help="also write each runner variant's profiled steps as a Chrome trace")
     parser.add_argument("--variants", default="packed,packed-nockpt,padded-8x1")
     args = parser.parse_args(argv)
     from bench_training import prepare, spec
@@ -248,6 +250,8 @@ def _profile_runner(args, name: str) -> dict:
                 captured["torch"].start()
             elif step == first + count:
                 captured["torch"].stop()
+                if args.trace:   # the timeline: where the GPU idles and what the host does then
+                    captured["torch"].export_chrome_trace(str(args.out / f"{name}.trace.json"))
                 import cProfile
                 captured["python"] = cProfile.Profile()
                 captured["python"].enable()

@@ -35,7 +35,8 @@ case "${1:-tests}" in
       | tee "$out/moe.log" | tail -n 12 ;;
   profile)
     timeout "${BUDGET:-300}" python3 bench/bench_training_profile.py --work /tmp/bench --out "$out" ${PROFILE_ARGS:-} \
-      2>&1 | tee "$out/profile.log" | tail -n 30 ;;
+      2>&1 | tee "$out/profile.log" | tail -n 30
+    gzip -f "$out"/*.trace.json 2>/dev/null ;;
   bench)
     # The training benchmark (bench_training.py's DEFAULT_RUNS, or the runs in $2), results
     # named $3 (training.md); an engine still running after $BUDGET seconds is stopped.

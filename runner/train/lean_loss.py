@@ -90,12 +90,21 @@ class TokenCounter:
         counter = self
 
         class CountTokens(TrainerCallback):
+            deferred = False       # set by runner.train.async_log: it reads logged steps' count
+
             def on_train_begin(self, args, state, control, **kwargs):
                 counter.base, counter.total = state.num_input_tokens_seen, None
 
             def on_step_end(self, args, state, control, **kwargs):
-                if (control.should_log or control.should_save or control.should_evaluate
+                logged = control.should_log and not self.deferred
+                if (logged or control.should_save or control.should_evaluate
                         or control.should_training_stop or state.global_step >= state.max_steps):
                     state.num_input_tokens_seen = counter.seen()
+
+            def device_state(self) -> dict:
+                """The count so far, not read back (async_log copies it without waiting)."""
+                import torch
+                total = counter.total if counter.total is not None else torch.zeros((), dtype=torch.long)
+                return {"num_input_tokens_seen": total + counter.base}
 
         return CountTokens()

@@ -160,9 +160,15 @@ def block_mask(documents, sliding_window: int | None, block: int = BLOCK):
         order = torch.argsort(dense.to(torch.int8), dim=-1, descending=True, stable=True)
         return counts, order.to(torch.int32).unsqueeze(1)               # [B, 1, n, n]
 
-    return BlockMask.from_kv_blocks(*ordered(partial), *ordered(full), BLOCK_SIZE=block,
+    mask = BlockMask.from_kv_blocks(*ordered(partial), *ordered(full), BLOCK_SIZE=block,
                                     mask_mod=_same_row_rule(documents, sliding_window),
-                                    seq_lengths=(length, length))
+                                    seq_lengths=(length, length), compute_q_blocks=False)
+    # The backward's query-side blocks, from the same dense blocks transposed: from_kv_blocks
+    # would rebuild them from the ordered key indices with a vmapped scatter per mask, most of
+    # the masks' host time in a packed step (bench/results/training.md).
+    mask.q_num_blocks, mask.q_indices = ordered(partial.transpose(-1, -2))
+    mask.full_q_num_blocks, mask.full_q_indices = ordered(full.transpose(-1, -2))
+    return mask
 
 
 def _same_row_rule(documents, sliding_window: int | None):

@@ -214,8 +214,11 @@ def sft_config_kwargs(training: dict, model: dict, lora: dict, plan: Plan, *,
     )
     if plan.device == "cuda":
         # Collate the next batches in worker processes while the GPU computes this one.
+        # Batches go to the GPU without blocking: a blocking copy waits for the GPU to finish
+        # the step before, so the host could not queue the next step while it runs.
         kwargs.update(dataloader_num_workers=DATALOADER_WORKERS,
-                      dataloader_persistent_workers=True)
+                      dataloader_persistent_workers=True,
+                      accelerator_config={"non_blocking": True})
     if gradient_checkpointing(lora):
         kwargs["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
     return kwargs

@@ -55,13 +55,51 @@ def _numbers(logs: dict) -> dict:
             if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))}
 
 
-def metrics_callback(metrics_path: Path, ctx, tensorboard_dir: Path | None = None):
+class StepClock:
+    """Seconds from the start of training to the end of a step, for that step's row.
+
+    A row is written when the step's values reach the host: at once (the read waited for the
+    GPU, so the host's clock is the step's end), or one step later (runner.train.async_log),
+    when the step's end is the CUDA event `mark` recorded behind its last kernel.
+    """
+
+    def __init__(self):
+        self.started = None
+        self.first_event = None
+        self.events: dict[int, object] = {}
+
+    def start(self) -> None:
+        import torch
+        self.started = time.perf_counter()
+        if torch.cuda.is_available():
+            self.first_event = torch.cuda.Event(enable_timing=True)
+            self.first_event.record()
+
+    def mark(self, step: int) -> None:
+        import torch
+        if self.first_event is None:
+            return                   # no GPU: the host's clock is the step's end
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        self.events[step] = event
+
+    def elapsed(self, step: int) -> float:
+        event = self.events.pop(step, None)
+        if event is None or self.first_event is None:
+            return time.perf_counter() - self.started if self.started else 0.0
+        event.synchronize()
+        return self.first_event.elapsed_time(event) / 1000
+
+
+def metrics_callback(metrics_path: Path, ctx, tensorboard_dir: Path | None = None,
+                     clock: StepClock | None = None):
     """A TrainerCallback writing one metrics.jsonl row per log and drawing the step bar."""
     from transformers import TrainerCallback
 
+    clock = clock or StepClock()
+
     class RunMetrics(TrainerCallback):
         def __init__(self):
-            self.started = None
             self.first_step = 0
             self.first_tokens = 0
             self.bar = None
@@ -77,7 +115,7 @@ def metrics_callback(metrics_path: Path, ctx, tensorboard_dir: Path | None = Non
                 from torch.utils.tensorboard import SummaryWriter
                 self.writer = SummaryWriter(log_dir=str(tensorboard_dir),
                                             purge_step=state.global_step + 1)
-            self.started = time.perf_counter()
+            clock.start()
 
         def on_step_end(self, args, state, control, **kwargs):
             self.bar.update(state.global_step - self.bar.n)
@@ -97,7 +135,7 @@ def metrics_callback(metrics_path: Path, ctx, tensorboard_dir: Path | None = Non
                         self.writer.add_scalar(key, value, state.global_step)
 
         def rates(self, state) -> dict:
-            elapsed = time.perf_counter() - self.started if self.started else 0.0
+            elapsed = clock.elapsed(state.global_step)
             steps = state.global_step - self.first_step
             tokens = state.num_input_tokens_seen - self.first_tokens
             self.throughput = {

@@ -31,6 +31,7 @@ from runner.train.train_common import (
     unsloth_installed,
 )
 from runner.train.train_metrics import (
+    StepClock,
     loss_summary,
     metrics_callback,
     peak_memory,
@@ -229,7 +230,7 @@ def train_job(job: Job, resume_from: Path | None, metrics_path: Path) -> dict:
     summary = {**_summary(trainer, job, callback, mask, resumed_step), "distributed": distributed,
                "contract": checks, "router_aux_loss_coef": checks["router_aux_loss_coef"],
                "packed": job.packed, "moe": moe,
-               "compile_layers": layers}
+               "compile_layers": layers, "logging": callback.logging}
     write_json(ctx.out_dir / "summary.json", summary)
     shutil.rmtree(job.root, ignore_errors=True)  # the adapter is saved: checkpoints are spent
     return step_metrics(summary)
@@ -288,8 +289,11 @@ def _attach_callbacks(trainer, job: Job, metrics_path: Path):
         trainer.remove_callback(noisy)
     tensorboard = tensorboard_ready(job.training["report_to"]) and job.writes
     tb_dir = job.root / "tensorboard" if tensorboard else None
-    callback = metrics_callback(metrics_path, job.ctx, tb_dir)
+    clock = StepClock()
+    callback = metrics_callback(metrics_path, job.ctx, tb_dir, clock)
     trainer.add_callback(callback)
+    from runner.train import async_log
+    callback.logging = async_log.install(trainer, clock)   # after every device-side counter
     return callback
 
 
