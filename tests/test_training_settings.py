@@ -57,6 +57,24 @@ def test_eval_split_and_padding_free_reach_the_config(tmp_path):
     assert kwargs["gradient_checkpointing"] is False
 
 
+def test_gpu_batches_are_pinned_and_copied_without_blocking(tmp_path):
+    """A blocking copy of the next batch would wait for the GPU to finish the step before."""
+    from trl import SFTConfig
+
+    training = fast_training(optim="adamw_8bit")
+    plan = plan_for(training, tiny_model(), "cuda", bf16_supported=True)
+    kwargs = sft_config_kwargs(training, tiny_model(), tiny_lora(), plan, output_dir=tmp_path,
+                               has_eval=False)
+    assert kwargs["accelerator_config"] == {"non_blocking": True}
+    assert kwargs["dataloader_pin_memory"] and kwargs["dataloader_num_workers"] > 0
+    cpu = sft_config_kwargs(training, tiny_model(), tiny_lora(),
+                            plan_for(training, tiny_model(), "cpu"), output_dir=tmp_path,
+                            has_eval=False)
+    assert "accelerator_config" not in cpu
+    config = SFTConfig(**{**kwargs, "use_cpu": True, "bf16": False, "optim": "adamw_torch"})
+    assert config.accelerator_config.non_blocking
+
+
 @pytest.mark.parametrize("fp16, bf16, bf16_gpu, dtype, want, noted", [
     (None, None, True, "auto", "bf16", False),      # H100: bfloat16 weights, bf16 autocast
     (None, None, False, "auto", "fp16", False),     # T4: float16 weights
