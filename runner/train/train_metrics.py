@@ -76,9 +76,9 @@ class StepClock:
             self.first_event.record()
 
     def mark(self, step: int) -> None:
-        import torch
         if self.first_event is None:
             return                   # no GPU: the host's clock is the step's end
+        import torch
         event = torch.cuda.Event(enable_timing=True)
         event.record()
         self.events[step] = event
@@ -152,6 +152,23 @@ def metrics_callback(metrics_path: Path, ctx, tensorboard_dir: Path | None = Non
                 self.writer.close()
 
     return RunMetrics()
+
+
+def attach_recording(trainer, ctx, metrics_path: Path, tensorboard_dir: Path | None):
+    """The run's metrics callback in place of transformers' printing ones, and logging one step
+    late where that gains something (runner.train.async_log); the callback's `logging` says
+    which. Attach after every callback that keeps values on the device."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from runner.train import async_log
+
+    for noisy in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(noisy)
+    clock = StepClock()
+    callback = metrics_callback(metrics_path, ctx, tensorboard_dir, clock)
+    trainer.add_callback(callback)
+    callback.logging = async_log.install(trainer, clock)
+    return callback
 
 
 def tensorboard_ready(report_to: str) -> bool:

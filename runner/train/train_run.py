@@ -31,9 +31,8 @@ from runner.train.train_common import (
     unsloth_installed,
 )
 from runner.train.train_metrics import (
-    StepClock,
+    attach_recording,
     loss_summary,
-    metrics_callback,
     peak_memory,
     read_metrics,
     tensorboard_ready,
@@ -218,7 +217,9 @@ def train_job(job: Job, resume_from: Path | None, metrics_path: Path) -> dict:
     # after the start-of-run checks, which run the layers eagerly on their own shapes
     layers = compiled_layers.install(trainer.model, job.training["compile_layers"], moe=moe,
                                      checkpointing=gradient_checkpointing(job.lora), log=ctx.log)
-    callback = _attach_callbacks(trainer, job, metrics_path)
+    tensorboard = tensorboard_ready(job.training["report_to"]) and job.writes
+    callback = attach_recording(trainer, job.ctx, metrics_path,
+                                job.root / "tensorboard" if tensorboard else None)
     if resume_from is not None:
         ctx.log(f"resuming from {resume_from.name} (step {resumed_step})")
     with quiet_gc(trainer):
@@ -280,21 +281,6 @@ def verify_batches(trainer, tokenizer, job: Job) -> dict:
     job.ctx.log(f"mask verified on {mask['rows']} rows of {batches} collated batch(es){where}: "
                 "only assistant answers are trained")
     return mask
-
-
-def _attach_callbacks(trainer, job: Job, metrics_path: Path):
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    for noisy in (PrinterCallback, ProgressCallback):
-        trainer.remove_callback(noisy)
-    tensorboard = tensorboard_ready(job.training["report_to"]) and job.writes
-    tb_dir = job.root / "tensorboard" if tensorboard else None
-    clock = StepClock()
-    callback = metrics_callback(metrics_path, job.ctx, tb_dir, clock)
-    trainer.add_callback(callback)
-    from runner.train import async_log
-    callback.logging = async_log.install(trainer, clock)   # after every device-side counter
-    return callback
 
 
 def _save_outputs(trainer, tokenizer, job: Job, metrics_path: Path) -> None:
