@@ -70,6 +70,10 @@ RUNS = {
     # runner-packed logging every 10th step: what the per-step log's host sync costs.
     "runner-packed-log10": dict(engine="runner", data="docs", micro=8, accum=1, packing=True,
                                 logging_steps=10, reference=True),
+    # runner-packed with the LM head on every position (the model's own fused loss), for the
+    # share of running it on the trained positions only.
+    "runner-packed-allhead": dict(engine="runner", data="docs", micro=8, accum=1, packing=True,
+                                  lm_head_positions="all", reference=True),
     "runner-padded": dict(engine="runner", data="docs", micro=2, accum=4),
     "runner-full": dict(engine="runner", data="full", micro=4, accum=1),
     "baseline-2x4": dict(engine="baseline", data="docs", micro=2, accum=4),
@@ -127,7 +131,8 @@ def recipe_sections(run: dict, work: Path, backend: str) -> dict:
                         learning_rate=LR, save_steps=run["steps"], warmup_steps=2,
                         packing=run["packing"], moe_forward=run.get("moe_forward", "auto"),
                         compile_layers=run.get("compile_layers", "off"),
-                        logging_steps=run.get("logging_steps", 1))
+                        logging_steps=run.get("logging_steps", 1),
+                        lm_head_positions=run.get("lm_head_positions", "trained"))
     return {"model": model, "lora": lora, "training": training}
 
 
@@ -168,7 +173,7 @@ def run_runner(run: dict, work: Path) -> dict:
             "micro_tokens": contract.get("largest_micro_batch_tokens"),
             "moe": summary.get("moe"), "compile_layers": summary.get("compile_layers"),
             "logging": summary.get("logging"),
-            "contract": {k: contract.get(k) for k in ("packing", "loss_check",
+            "contract": {k: contract.get(k) for k in ("packing", "loss_check", "loss",
                                                       "router_aux_loss_coef", "targets")}}
 
 

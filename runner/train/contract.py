@@ -136,7 +136,8 @@ def start(trainer, job) -> dict:
         record["packing"] = _start_packing(trainer, job, coefficient)
     if job.backend == "unsloth":   # the model's own fused loss (hf keeps TRL's chunked LM head)
         from runner.train import lean_loss
-        record["loss"] = lean_loss.install(trainer, coefficient)
+        record["loss"] = lean_loss.install(trainer, coefficient,
+                                          job.training["lm_head_positions"])
     loss_check_wrapper(trainer, record, coefficient)
     trainer.add_callback(first_step_callback(groups, record))
     return record

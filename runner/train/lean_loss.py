@@ -9,7 +9,9 @@ packed GPT-OSS step (H200, bench/results/training.md) that path cost about 45-70
 Here a training micro-batch goes through the model's own loss instead (Unsloth's chunked fused
 cross-entropy, which never builds the [tokens, vocabulary] logits, as a bare Unsloth loop does),
 and the non-padding tokens are summed on the device and read only when the Trainer logs, saves
-or evaluates. TRL's entropy and mean_token_accuracy metrics are therefore not logged in
+or evaluates. Packed batches (runner.train.packing) go further: the LM head and the
+cross-entropy run on the trained positions only (runner.train.trained_head), the same loss
+without the head's matmul over prompt and padding tokens. TRL's entropy and mean_token_accuracy metrics are therefore not logged in
 training. Evaluation keeps TRL's path. The contract's first-step check still compares this loss
 with the masked cross-entropy computed independently (runner.train.contract).
 
@@ -18,6 +20,8 @@ nll, no custom loss function or label smoothing.
 """
 
 from __future__ import annotations
+
+from runner.train import trained_head
 
 
 def reason_to_keep_trl(trainer, aux_coefficient: float) -> str | None:
@@ -31,7 +35,7 @@ def reason_to_keep_trl(trainer, aux_coefficient: float) -> str | None:
     return None
 
 
-def install(trainer, aux_coefficient: float) -> dict:
+def install(trainer, aux_coefficient: float, lm_head_positions: str = "trained") -> dict:
     """Replace trainer.compute_loss for training micro-batches; returns what was done (for the
     run's summary). Call before any other wrapper of compute_loss (the contract's check)."""
     import transformers
@@ -42,23 +46,50 @@ def install(trainer, aux_coefficient: float) -> dict:
     trl_loss = trainer.compute_loss
     counter = TokenCounter(trainer.processing_class)
     router_flag = hasattr(trainer.model.config.get_text_config(), "output_router_logits")
+    head, head_why = _trained_head(trainer, lm_head_positions)
+    summary = {"loss": "model", "why": "the model's masked cross-entropy, tokens counted on device",
+               "lm_head": "trained positions only" if head is not None else f"every position ({head_why})"}
 
     def compute_loss(model, inputs, return_outputs=False, num_items_in_batch=None, **kwargs):
+        listed = {key: inputs[key] for key in trained_head.KEYS if key in inputs}
+        inputs = {key: value for key, value in inputs.items() if key not in listed}
         if not model.training:
             return trl_loss(model, inputs, return_outputs=return_outputs,
                             num_items_in_batch=num_items_in_batch, **kwargs)
         counter.add(inputs)
         # A model config asking for router logits would add the aux loss to outputs.loss.
         extra = {"output_router_logits": False} if router_flag else {}
+        # A wrapped model (DDP) must see its forward called: its gradient hooks depend on it.
+        use_head = head is not None and listed and model is trainer.model
+        if head is not None and listed and not use_head:
+            summary["lm_head"] = "every position (the Trainer wrapped the model)"
         return transformers.Trainer.compute_loss(
-            trainer, model, {**inputs, "use_cache": False, **extra},
+            trainer, head if use_head else model,
+            {**inputs, "use_cache": False, **extra, **(listed if use_head else {})},
             return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     trainer.compute_loss = compute_loss
     # The counter replaces the Trainer's per-micro-batch `.item()` token count.
     trainer.args.include_num_input_tokens_seen = "no"
     trainer.add_callback(counter.callback())
-    return {"loss": "model", "why": "the model's masked cross-entropy, tokens counted on device"}
+    return summary
+
+
+def _trained_head(trainer, lm_head_positions: str):
+    """(runner.train.trained_head's forward, or None; why not) for this trainer's batches."""
+    from runner.train.packing import PackedCollator
+
+    if lm_head_positions != "trained":
+        return None, f"training.lm_head_positions is {lm_head_positions}"
+    if not isinstance(trainer.data_collator, PackedCollator):
+        return None, "padded batches"
+    if trainer.args.world_size > 1:
+        return None, "distributed: the wrapped model's forward must run"
+    reason = trained_head.reason_not_usable(trainer.model)
+    if reason is not None:
+        return None, reason
+    trainer.data_collator.trained_positions = True
+    return trained_head.forward_for(trainer.model, trainer.accelerator.autocast), None
 
 
 class TokenCounter:

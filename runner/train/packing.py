@@ -48,18 +48,27 @@ class PackedCollator:
     """Data collator: the micro-batch's rows -> one packed sequence (a [1, T] batch).
 
     `multiple` is the length the sequence is padded to a multiple of (1: no padding, as
-    `padding_free` asks). Plain attributes only, so dataloader workers can pickle it.
+    `padding_free` asks). With `trained_positions` set (by runner.train.lean_loss) the batch also
+    lists the positions whose next token is trained and those tokens, for
+    runner.train.trained_head. Plain attributes only, so dataloader workers can pickle it.
     """
 
     def __init__(self, pad_token_id: int, multiple: int = PAD_MULTIPLE):
         self.pad_token_id = int(pad_token_id)
         self.multiple = int(multiple)
+        self.trained_positions = False
 
     def __call__(self, features: list[dict]) -> dict:
         import torch
 
         packed = pack_rows(features, self.pad_token_id, self.multiple)
-        return {key: torch.tensor([value], dtype=torch.long) for key, value in packed.items()}
+        batch = {key: torch.tensor([value], dtype=torch.long) for key, value in packed.items()}
+        if self.trained_positions:
+            from runner.train.trained_head import trained_targets
+            index, targets = trained_targets(packed["labels"])
+            batch["trained_index"] = torch.tensor(index, dtype=torch.long)
+            batch["trained_labels"] = torch.tensor(targets, dtype=torch.long)
+        return batch
 
 
 def document_ids(position_ids):
