@@ -66,3 +66,17 @@ def test_hf_backend_trains_on_the_gpu_with_trl_kernels(tmp_path):
     assert summary["optim"] == "adamw_8bit" and summary["bf16"]
     assert not any("Triton" in note for note in summary["notes"])
     assert summary["final_loss"] < summary["first_loss"]
+
+
+def test_packed_training_runs_the_lm_head_on_trained_positions_with_unsloth(tmp_path):
+    """Packed batches with Unsloth: the head on the trained positions only, the contract's loss
+    check against the independent masked cross-entropy, and evaluation through the same collator."""
+    run, _ = _run(tmp_path, "--until", "training", "--set", "training.packing=true",
+                  "--set", "training.max_steps=10")
+    summary = _summary(run)
+    contract = summary["contract"]
+    assert summary["backend"] == "unsloth" and summary["steps"] == 10
+    assert contract["loss"]["lm_head"] == "trained positions only"
+    assert contract["loss_check"]["relative_difference"] < 1e-2
+    assert summary["eval_loss"] is not None
+    assert summary["final_loss"] < summary["first_loss"]
