@@ -8,6 +8,7 @@
 #   bash bench/gpu_session.sh bench [RUNS] [NAME]    # the training benchmark (bench_training.py)
 #   bash bench/gpu_session.sh profile                # where a packed step's time goes
 #   bash bench/gpu_session.sh moe                    # one MoE block: Unsloth's against ours
+#   bash bench/gpu_session.sh head                   # the trained-positions LM head, before and now
 # Logs and results go to $OUT (or /tmp/gpu-out); the installed wheels stay in /tmp/site while warm.
 set -uo pipefail
 out=${OUT:-/tmp/gpu-out}
@@ -33,6 +34,9 @@ case "${1:-tests}" in
     # One MoE block, Unsloth's expert path against the runner's grouped forward.
     timeout "${BUDGET:-200}" python3 bench/bench_moe.py --work /tmp/bench --out "$out" 2>&1 \
       | tee "$out/moe.log" | tail -n 12 ;;
+  head)
+    timeout "${BUDGET:-150}" python3 bench/bench_trained_head.py --out "$out" 2>&1 \
+      | tee "$out/head.log" | tail -n 6 ;;
   profile)
     timeout "${BUDGET:-300}" python3 bench/bench_training_profile.py --work /tmp/bench --out "$out" ${PROFILE_ARGS:-} \
       2>&1 | tee "$out/profile.log" | tail -n 30

@@ -23,25 +23,37 @@ def _relative(a, b) -> float:
 
 @pytest.mark.parametrize("rows", [0, 1, trained_head.CHUNK, 2 * trained_head.CHUNK + 37])
 def test_the_chunked_head_loss_and_its_gradient_equal_cross_entropy_over_full_logits(rows):
+    """Picked rows of a longer sequence, some of them padding (IGNORE, repeating one index)."""
     import torch
     import torch.nn.functional as F
 
     generator = torch.Generator().manual_seed(rows)
-    hidden = torch.randn(rows, 16, generator=generator, requires_grad=True)
+    hidden = torch.randn(rows + 5, 16, generator=generator, requires_grad=True)
     weight = torch.randn(300, 16, generator=generator)
+    index = torch.randperm(rows + 4, generator=generator)[:rows]
     targets = torch.randint(0, 300, (rows,), generator=generator)
-    got = trained_head.head_cross_entropy(hidden, weight, targets)
+    padding = 7
+    got = trained_head.head_cross_entropy(
+        hidden, torch.cat([index, torch.full((padding,), rows + 4)]), weight,
+        torch.cat([targets, torch.full((padding,), IGNORE)]))
     (got * 0.5).backward()
     got_grad, hidden.grad = hidden.grad, None
-    want = F.cross_entropy(hidden @ weight.t(), targets, reduction="sum")
+    want = F.cross_entropy(hidden[index] @ weight.t(), targets, reduction="sum")
     (want * 0.5).backward()
     assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-5, abs=1e-6)
     assert torch.allclose(got_grad, hidden.grad, rtol=1e-4, atol=1e-6)
+    assert not got_grad[rows + 4].any()          # the padding rows' position
 
 
-def test_trained_targets_are_the_next_tokens_the_labels_train():
+def test_trained_targets_are_the_next_tokens_the_labels_train_padded_to_whole_chunks():
     labels = [IGNORE, IGNORE, 7, 8, IGNORE, IGNORE, 9, IGNORE]
-    assert trained_head.trained_targets(labels) == ([1, 2, 5], [7, 8, 9])
+    index, targets = trained_head.trained_targets(labels)
+    padding = trained_head.CHUNK - 3
+    assert index == [1, 2, 5] + [7] * padding
+    assert targets == [7, 8, 9] + [IGNORE] * padding
+    full = [IGNORE] + [5] * trained_head.CHUNK
+    assert trained_head.trained_targets(full) == (list(range(trained_head.CHUNK)),
+                                                  [5] * trained_head.CHUNK)
 
 
 def test_a_packed_batch_has_the_models_loss_and_gradients_on_trained_positions_only(tokenizer):
@@ -54,7 +66,8 @@ def test_a_packed_batch_has_the_models_loss_and_gradients_on_trained_positions_o
     collator.trained_positions = True
     batch = collator(_rows())
     count = int((batch["labels"][:, 1:] != IGNORE).sum())
-    assert batch["trained_index"].numel() == count < batch["input_ids"].numel() - 1
+    assert int((batch["trained_labels"] != IGNORE).sum()) == count < batch["input_ids"].numel() - 1
+    assert batch["trained_index"].numel() % trained_head.CHUNK == 0
 
     def gradients():
         grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
@@ -114,3 +127,31 @@ def test_a_trained_lm_head_or_padded_batches_keep_the_head_on_every_position(tok
     assert trained.data_collator.trained_positions is False
     padded = _trainer(tokenizer, tmp_path / "padded")
     assert "padded batches" in lean_loss.install(padded, 0.0)["lm_head"]
+
+
+@pytest.mark.gpu
+def test_the_compiled_head_chunks_equal_fp32_cross_entropy_in_bf16_on_the_gpu():
+    """On CUDA each chunk is one compiled graph: bf16 in, the loss and the hidden-state gradient
+    against fp32 cross-entropy over full logits, within bf16 tolerance; padding adds nothing."""
+    import torch
+    import torch.nn.functional as F
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    generator = torch.Generator(device="cuda").manual_seed(1)
+    rows, width, vocabulary = 3 * trained_head.CHUNK - 40, 256, 50_000
+    hidden = torch.randn(rows + 1, width, device="cuda", generator=generator)
+    weight = torch.randn(vocabulary, width, device="cuda", generator=generator) * 0.05
+    targets = torch.randint(0, vocabulary, (rows,), device="cuda", generator=generator)
+    index = torch.cat([torch.arange(rows, device="cuda"), torch.full((40,), rows, device="cuda")])
+    labels = torch.cat([targets, torch.full((40,), IGNORE, device="cuda")])
+    half = hidden.bfloat16().requires_grad_()
+    got = trained_head.head_cross_entropy(half, index, weight.bfloat16(), labels)
+    got.backward()
+    exact = hidden.requires_grad_()
+    want = F.cross_entropy(exact[:rows] @ weight.bfloat16().float().t(), targets, reduction="sum")
+    want.backward()
+    assert float(got) == pytest.approx(float(want), rel=2e-3)
+    assert _relative(half.grad.float(), exact.grad) < 2e-2
+    assert not half.grad[rows].any()
+    assert trained_head.chunk_mode() == "compiled"

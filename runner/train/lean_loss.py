@@ -63,10 +63,13 @@ def install(trainer, aux_coefficient: float, lm_head_positions: str = "trained")
         use_head = head is not None and listed and model is trainer.model
         if head is not None and listed and not use_head:
             summary["lm_head"] = "every position (the Trainer wrapped the model)"
-        return transformers.Trainer.compute_loss(
+        result = transformers.Trainer.compute_loss(
             trainer, head if use_head else model,
             {**inputs, "use_cache": False, **extra, **(listed if use_head else {})},
             return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        if use_head and trained_head.chunk_mode():     # CUDA: compiled, or why not
+            summary["lm_head_chunks"] = trained_head.chunk_mode()
+        return result
 
     trainer.compute_loss = compute_loss
     # The counter replaces the Trainer's per-micro-batch `.item()` token count.

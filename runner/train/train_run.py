@@ -208,7 +208,8 @@ def train_job(job: Job, resume_from: Path | None, metrics_path: Path) -> dict:
     for note in plan.notes:
         ctx.log(f"note: {note}")
     mask = verify_batches(trainer, tokenizer, job)
-    from runner.train import compiled_layers, contract, moe_experts
+    from runner.train import compiled_layers, contract, flat_adamw8bit, moe_experts
+    optimizer = flat_adamw8bit.install(trainer)
     moe = moe_experts.install(trainer.model, job.training["moe_forward"])
     if moe["blocks"]:
         ctx.log(f"MoE blocks: {moe['moe_forward']} forward ({moe['blocks']} blocks"
@@ -231,7 +232,7 @@ def train_job(job: Job, resume_from: Path | None, metrics_path: Path) -> dict:
     summary = {**_summary(trainer, job, callback, mask, resumed_step), "distributed": distributed,
                "contract": checks, "router_aux_loss_coef": checks["router_aux_loss_coef"],
                "packed": job.packed, "moe": moe,
-               "compile_layers": layers, "logging": callback.logging}
+               "compile_layers": layers, "logging": callback.logging, "optimizer": optimizer}
     write_json(ctx.out_dir / "summary.json", summary)
     shutil.rmtree(job.root, ignore_errors=True)  # the adapter is saved: checkpoints are spent
     return step_metrics(summary)

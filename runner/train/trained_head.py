@@ -10,6 +10,12 @@ no chunk's [CHUNK, vocabulary] logits outlive it and the LM head is never run tw
 head's weight needs no gradient). The sum is normalised as transformers' ForCausalLMLoss does:
 by `num_items_in_batch` when the Trainer passes it, else by the number of trained tokens.
 
+The collator pads the list to whole chunks (the sequence's last position, which predicts
+nothing, with the label IGNORE: no loss, no gradient), so every chunk has one shape. On CUDA a
+chunk (head matmul, log-sum-exp, the loss, softmax minus one-hot, the gradient matmul) is one
+compiled graph: the fp32 logits are never written out, and no chunk with a new row count makes
+cuBLAS load a new kernel, which waits for the GPU to drain (bench/results/training.md).
+
 Used by runner.train.lean_loss only where this is the model's own loss: a frozen plain linear
 LM head and no logit soft-capping. The contract's first-step check compares it with the masked
 cross-entropy computed independently (runner.train.contract).
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 
 from runner.chat.loss_mask import IGNORE
 
@@ -29,9 +36,12 @@ KEYS = ("trained_index", "trained_labels")
 
 
 def trained_targets(labels: list[int]) -> tuple[list[int], list[int]]:
-    """(positions t of a packed sequence whose next token labels[t + 1] is trained, those labels)."""
+    """(positions t of a packed sequence whose next token labels[t + 1] is trained, those labels),
+    padded to whole chunks with the last position and IGNORE."""
     index = [t for t in range(len(labels) - 1) if labels[t + 1] != IGNORE]
-    return index, [labels[t + 1] for t in index]
+    targets = [labels[t + 1] for t in index]
+    padding = -len(index) % CHUNK
+    return index + [len(labels) - 1] * padding, targets + [IGNORE] * padding
 
 
 def reason_not_usable(model) -> str | None:
@@ -63,19 +73,71 @@ def forward_for(model, autocast=contextlib.nullcontext):
     backbone, head = backbone_of(model), base.get_output_embeddings()
 
     def forward(trained_index, trained_labels, num_items_in_batch=None, labels=None, **inputs):
+        targets = trained_labels.flatten()
         with autocast():
             hidden = backbone(**inputs).last_hidden_state
-            picked = hidden.flatten(0, 1).index_select(0, trained_index.flatten())
-            total = head_cross_entropy(picked, head.weight, trained_labels.flatten())
-        count = num_items_in_batch if num_items_in_batch is not None else max(1, picked.shape[0])
+            total = head_cross_entropy(hidden.flatten(0, 1), trained_index.flatten(), head.weight,
+                                       targets)
+        count = num_items_in_batch if num_items_in_batch is not None else (
+            (targets != IGNORE).sum().clamp(min=1))
         return {"loss": total / count}
 
     return forward
 
 
-def head_cross_entropy(hidden, weight, targets):
-    """sum over rows of -log softmax(hidden @ weight.T)[target], differentiable in `hidden`."""
-    return _function().apply(hidden, weight, targets)
+def head_cross_entropy(hidden, index, weight, targets):
+    """sum over the rows hidden[index] of -log softmax(hidden[index] @ weight.T)[target] (rows
+    whose target is IGNORE add nothing), differentiable in `hidden`. Padding rows may repeat an
+    index; real rows must not."""
+    return _function().apply(hidden, index, weight, targets)
+
+
+def chunk_loss_and_gradient(hidden, weight, targets):
+    """(the chunk's summed cross-entropy, its gradient for `hidden`: (softmax - one-hot) @
+    weight), rows with target IGNORE masked out. Compiled as one graph on CUDA."""
+    import torch
+
+    logits = (hidden.to(weight.dtype) @ weight.t()).float()
+    trained = targets != IGNORE
+    wanted = torch.where(trained, targets, 0)
+    log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)
+    loss = torch.where(trained, log_norm.squeeze(-1) - logits.gather(1, wanted[:, None]).squeeze(-1),
+                       0.0).sum()
+    vocabulary = torch.arange(logits.shape[-1], device=logits.device)
+    one_hot = (vocabulary[None, :] == wanted[:, None]).to(logits.dtype)
+    probs = ((logits - log_norm).exp() - one_hot) * trained[:, None].to(logits.dtype)
+    return loss, probs.to(weight.dtype) @ weight
+
+
+_COMPILED: dict = {}
+
+
+def chunk_mode() -> str | None:
+    """How CUDA chunks ran in this process: "compiled", "eager (why)", or None (none yet)."""
+    return _COMPILED.get("mode")
+
+
+def _run_chunk(hidden, weight, targets):
+    """One chunk, through the compiled graph on CUDA. If torch's compiler fails on it, the same
+    function runs eagerly from then on (more memory traffic, the same numbers) and chunk_mode
+    says why: the run's summary records it."""
+    if not hidden.is_cuda:
+        return chunk_loss_and_gradient(hidden, weight, targets)
+    import torch
+
+    if "chunk" not in _COMPILED:
+        # Static shapes: the collator makes every chunk CHUNK rows.
+        _COMPILED["chunk"] = torch.compile(chunk_loss_and_gradient, dynamic=False, fullgraph=True)
+        _COMPILED["mode"] = "compiled"
+    try:
+        return _COMPILED["chunk"](hidden, weight, targets)
+    except torch._dynamo.exc.TorchDynamoException as error:
+        if _COMPILED["chunk"] is chunk_loss_and_gradient:
+            raise
+        _COMPILED["chunk"] = chunk_loss_and_gradient
+        _COMPILED["mode"] = f"eager (the compile failed: {type(error).__name__}: {error})"[:400]
+        warnings.warn(f"LM head chunks: {_COMPILED['mode']}", RuntimeWarning, stacklevel=2)
+        return chunk_loss_and_gradient(hidden, weight, targets)
 
 
 @functools.cache
@@ -83,29 +145,29 @@ def _function():
     import torch
 
     class HeadCrossEntropy(torch.autograd.Function):
-        """Backward scales the gradient for `hidden` that forward computed chunk by chunk:
-        (softmax - one-hot) @ weight."""
+        """Backward places and scales the gradient for the picked rows that forward computed
+        chunk by chunk (no atomic scatter: real rows are distinct, padding rows' gradient is 0)."""
 
         @staticmethod
-        def forward(ctx, hidden, weight, targets):
+        def forward(ctx, hidden, index, weight, targets):
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-            grad = torch.empty_like(hidden) if hidden.requires_grad else None
-            for start in range(0, hidden.shape[0], CHUNK):
+            picked = hidden.index_select(0, index)
+            grad = torch.empty_like(picked) if hidden.requires_grad else None
+            for start in range(0, picked.shape[0], CHUNK):
                 end = start + CHUNK
-                logits = (hidden[start:end].to(weight.dtype) @ weight.t()).float()
-                wanted = targets[start:end, None]
-                log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)
-                total += (log_norm - logits.gather(1, wanted)).sum()
+                loss, chunk_grad = _run_chunk(picked[start:end], weight, targets[start:end])
+                total += loss
                 if grad is not None:
-                    probs = logits.sub_(log_norm).exp_().scatter_add_(
-                        1, wanted, torch.full(wanted.shape, -1.0, device=logits.device))
-                    grad[start:end] = probs.to(weight.dtype) @ weight
-            ctx.save_for_backward(grad)
+                    grad[start:end] = chunk_grad
+            ctx.save_for_backward(grad, index)
+            ctx.rows = hidden.shape[0]
             return total
 
         @staticmethod
         def backward(ctx, grad_total):
-            (grad,) = ctx.saved_tensors
-            return grad * grad_total.to(grad.dtype), None, None
+            grad, index = ctx.saved_tensors
+            full = grad.new_zeros((ctx.rows, grad.shape[-1]))
+            full.index_copy_(0, index, grad * grad_total.to(grad.dtype))
+            return full, None, None, None
 
     return HeadCrossEntropy
