@@ -45,6 +45,23 @@ def test_the_chunked_head_loss_and_its_gradient_equal_cross_entropy_over_full_lo
     assert not got_grad[rows + 4].any()          # the padding rows' position
 
 
+def test_a_chunk_traces_as_one_graph_and_computes_what_it_computes_eagerly():
+    """What CUDA compiles (fullgraph, static shapes), traced here without generated kernels."""
+    import torch
+
+    generator = torch.Generator().manual_seed(3)
+    hidden = torch.randn(trained_head.CHUNK, 16, generator=generator)
+    weight = torch.randn(300, 16, generator=generator)
+    targets = torch.randint(0, 300, (trained_head.CHUNK,), generator=generator)
+    targets[-9:] = IGNORE
+    traced = torch.compile(trained_head.chunk_loss_and_gradient, fullgraph=True, dynamic=False,
+                           backend="aot_eager")
+    got, want = traced(hidden, weight, targets), trained_head.chunk_loss_and_gradient(
+        hidden, weight, targets)
+    assert torch.allclose(got[0], want[0]) and torch.allclose(got[1], want[1])
+    assert not want[1][-9:].any()
+
+
 def test_trained_targets_are_the_next_tokens_the_labels_train_padded_to_whole_chunks():
     labels = [IGNORE, IGNORE, 7, 8, IGNORE, IGNORE, 9, IGNORE]
     index, targets = trained_head.trained_targets(labels)
