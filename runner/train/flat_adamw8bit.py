@@ -7,7 +7,8 @@ time per optimizer step, in a packed step whose host time is what bounds it
 blocks of 256 elements, so where every tensor of a group is a whole number of blocks (and large
 enough for 8-bit state), one call over the group's concatenated gradients and parameters
 quantizes the same blocks from the same numbers: parameters and state equal bitsandbytes' own
-update bit for bit (tests/test_training_flat_adamw8bit.py, on the GPU). The state is stored per
+update bit for bit (tests/test_training_flat_adamw8bit.py: shown on bitsandbytes' CPU kernels;
+its GPU case is not yet run). The state is stored per
 tensor under bitsandbytes' keys, as views of one flat buffer per group.
 
 `install(trainer)` hands the Trainer this optimizer (with the kwargs it would have given
@@ -43,7 +44,6 @@ def install(trainer) -> dict:
     import torch
 
     args, model = trainer.args, trainer.model
-    why = None
     optim = str(getattr(args.optim, "value", args.optim))
     if optim not in OPTIMS:
         why = f"optim is {optim}"

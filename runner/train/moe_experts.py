@@ -270,6 +270,8 @@ def glu(gate_up, alpha: float, limit: float):
     return (up + 1) * (gate * torch.sigmoid(gate * alpha))
 
 
+# Built once, then read as plain globals: torch.compile'd layers call these getters, and dynamo
+# would trace into a functools.cache wrapper and break the graph at the class definition.
 _FUNCTION = None
 _PERMUTATION = None
 
