@@ -118,7 +118,30 @@ def _python_summary(profiler, steps: int, top: int) -> dict:
         rows = sorted(stats.stats.items(), key=lambda item: item[1][index], reverse=True)[:top]
         return [(f"{Path(f).name}:{line}:{fn}"[:90], round(1000 * row[index] / steps, 2),
                  row[1] // steps) for (f, line, fn), row in rows]
-    return {"py_own_ms": listed(2), "py_cumulative_ms": listed(3)}
+    return {"py_own_ms": listed(2), "py_cumulative_ms": listed(3),
+            "py_callers": _callers(stats, steps)}
+
+
+# Python-visible calls that read a CUDA tensor back to the host (each waits for the GPU to
+# drain), and torch.compile's frame entry (compiled regions and compile-disabled functions).
+WATCHED = ("<method 'item' of", "<method 'tolist' of", "<method '__bool__' of",
+           "<method '__int__' of", "<method '__index__' of", "<method '__float__' of",
+           "<method 'cpu' of", "<built-in method torch.as_tensor>",
+           "<built-in method torch.tensor>", "eval_frame.py:_fn")
+
+
+def _callers(stats, steps: int, top: int = 12) -> dict:
+    """{watched function: [(its caller, calls per step)]}: who reads tensors back to the host,
+    and who enters compiled or compile-disabled frames."""
+    found = {}
+    for (path, _line, name), row in stats.stats.items():
+        label = f"{Path(path).name}:{name}" if path != "~" else name
+        if not label.startswith(WATCHED):
+            continue
+        callers = sorted(row[4].items(), key=lambda item: -item[1][0])[:top]
+        found[label[:60]] = [(f"{Path(f).name}:{ln}:{fn}"[:90], round(c[0] / steps, 1))
+                             for (f, ln, fn), c in callers]
+    return found
 
 
 def main(argv=None) -> int:

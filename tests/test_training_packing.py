@@ -275,3 +275,49 @@ def _packed_on(model, rows, pad_id, device):
         total, count = total + nll, count + n
     (total / count).backward()
     return per_row, _gradients(model)
+
+
+def _attention_inputs(dtype):
+    import torch
+    generator = torch.Generator().manual_seed(2)
+    heads, kv_heads, length, dim = 4, 2, 96, 16
+
+    def normal(*shape):
+        return torch.randn(*shape, generator=generator).to(dtype)
+    angles = torch.arange(length).view(1, -1, 1) * torch.linspace(0.01, 1.0, dim // 2)
+    documents = torch.tensor([[0] * 40 + [1] * 30 + [2] * 26])
+    return (normal(1, heads, length, dim), normal(1, kv_heads, length, dim),
+            normal(1, kv_heads, length, dim), angles.cos().to(dtype), angles.sin().to(dtype),
+            normal(heads), packed_attention.block_mask(documents, None), dim ** -0.5)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_packed_rotary_embedding_is_transformers_own_bit_for_bit(dtype):
+    import torch
+    from transformers.models.gpt_oss import modeling_gpt_oss
+
+    query, key, _, cos, sin, *_ = _attention_inputs(getattr(torch, dtype))
+    want = modeling_gpt_oss.apply_rotary_pos_emb(query, key, cos, sin)
+    got = (packed_attention.rotary(query, cos.unsqueeze(1), sin.unsqueeze(1)),
+           packed_attention.rotary(key, cos.unsqueeze(1), sin.unsqueeze(1)))
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+
+
+def test_sink_attention_stays_one_graph_when_a_backend_swaps_transformers_rotary(monkeypatch):
+    """Unsloth replaces modeling_gpt_oss.apply_rotary_pos_emb with a function compiled on its
+    own; a compile-disabled stand-in for it must not split attention_core's graph."""
+    import torch
+    from transformers.models.gpt_oss import modeling_gpt_oss
+
+    swapped = torch.compiler.disable(modeling_gpt_oss.apply_rotary_pos_emb)
+    monkeypatch.setattr(modeling_gpt_oss, "apply_rotary_pos_emb", swapped)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(packed_attention.sink_attention)(
+        *_attention_inputs(torch.float32))
+    assert explained.graph_break_count == 0, explained.break_reasons
+    (graph,) = explained.graphs
+    # A call dynamo cannot trace at the function's start leaves no break to count: the graph
+    # then begins after it, its inputs the call's results ("stack0") instead of query and key.
+    inputs = [node.name for node in graph.graph.nodes if node.op == "placeholder"]
+    assert {"l_query_", "l_key_"} <= set(inputs) and not any("stack" in n for n in inputs), inputs
+    assert torch.cat in explained.ops_per_graph[0]       # the rotary embedding is in the graph

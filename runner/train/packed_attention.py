@@ -222,9 +222,9 @@ def sink_attention(query, key, value, cos, sin, sinks, mask, scale):
     out, like transformers' eager function."""
     import torch
     from torch.nn.attention import flex_attention as flex
-    from transformers.models.gpt_oss import modeling_gpt_oss
 
-    query, key = modeling_gpt_oss.apply_rotary_pos_emb(query, key, cos, sin)
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    query, key = rotary(query, cos, sin), rotary(key, cos, sin)
     key, value = key.to(query.dtype), value.to(query.dtype)
     gqa = query.shape[1] != key.shape[1]
     if hasattr(flex, "AuxRequest"):
@@ -236,6 +236,18 @@ def sink_attention(query, key, value, cos, sin, sinks, mask, scale):
                                           enable_gqa=gqa, return_lse=True)
     keep = torch.sigmoid(lse.float() - sinks.float().view(1, -1, 1))
     return (output * keep.unsqueeze(-1).to(output.dtype)).transpose(1, 2)
+
+
+def rotary(x, cos, sin):
+    """GPT-OSS's rotary embedding (transformers' `_apply_rotary_emb`: halves, not interleaved),
+    kept here rather than called through `modeling_gpt_oss`: Unsloth replaces that module's
+    `apply_rotary_pos_emb` with a function compiled on its own, and the call from inside
+    `attention_core`'s graph then ran as a separate compiled region (H200 profile,
+    bench/results/training.md)."""
+    import torch
+
+    first, second = torch.chunk(x, 2, dim=-1)
+    return torch.cat((first * cos - second * sin, second * cos + first * sin), dim=-1)
 
 
 _COMPILED = {}
